@@ -1,0 +1,528 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Paths an event can reach a subscriber by.
+const (
+	ViaCore = "core"
+	ViaLog  = "log"
+)
+
+// Event is one decoded event handed to a Handler.
+type Event struct {
+	Kind     string // KindExpire, KindSeed, KindFallback or KindDrain
+	Subject  string
+	NS       string // expire and seed
+	Role, ID string // drain
+	Expire   *Expire
+	Seed     *Seed
+	Fallback *Fallback
+	Drain    *Drain
+	// Seq is the event's sequence in the log, or 0 when core delivered it
+	// before the log did.
+	Seq uint64
+	// Via is the path that delivered the event first.
+	Via string
+}
+
+// Origin is the id of the member that sent the event, if it said.
+func (e Event) Origin() string {
+	switch {
+	case e.Expire != nil:
+		return e.Expire.Origin
+	case e.Seed != nil:
+		return e.Seed.Origin
+	case e.Fallback != nil:
+		return e.Fallback.Origin
+	case e.Drain != nil:
+		return e.Drain.Origin
+	}
+	return ""
+}
+
+// Handler applies events. The subscriber calls it from one goroutine at a
+// time, in the order events are delivered.
+type Handler interface {
+	// Apply applies one event.
+	Apply(Event)
+	// Flush drops everything of the given namespaces (all when nil): the
+	// events that would have said what to drop are gone from the log.
+	Flush(namespaces []string)
+}
+
+// HandlerFuncs adapts two functions to a Handler; either may be nil.
+type HandlerFuncs struct {
+	ApplyFunc func(Event)
+	FlushFunc func(namespaces []string)
+}
+
+// Apply calls ApplyFunc.
+func (h HandlerFuncs) Apply(e Event) {
+	if h.ApplyFunc != nil {
+		h.ApplyFunc(e)
+	}
+}
+
+// Flush calls FlushFunc.
+func (h HandlerFuncs) Flush(ns []string) {
+	if h.FlushFunc != nil {
+		h.FlushFunc(ns)
+	}
+}
+
+// SubscriberOptions configures a Subscriber.
+type SubscriberOptions struct {
+	// Name appears in logs.
+	Name string
+	// Self is this member's origin id: its own events, coming back from the
+	// bus, are not handed to the handler a second time.
+	Self string
+	// Namespaces limits expires and seeds to these namespaces; nil takes
+	// all. It is also what a gap flushes.
+	Namespaces []string
+	// ResumeAfter is the last sequence applied before, to resume from; 0
+	// starts at the end of the log, which suits a member with an empty cache.
+	ResumeAfter uint64
+	// PairWindow is how long one copy of an event waits for the other before
+	// it is forgotten. Default one minute.
+	PairWindow time.Duration
+	// CoreBuffer is how many core messages may wait for the handler before
+	// NATS drops them (the log then fills in). Default 65536.
+	CoreBuffer int
+}
+
+// Subscriber applies every event of the bus exactly once, in order, with
+// nothing lost across a disconnect. See the package documentation.
+type Subscriber struct {
+	c      *Conn
+	h      Handler
+	opts   SubscriberOptions
+	stream string
+	filter map[string]bool
+
+	coreCh   chan *nats.Msg
+	coreSubs []*nats.Subscription
+	cons     jetstream.ConsumeContext
+	removeL  func()
+	done     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	lastSeq  uint64 // last log sequence processed
+	catching bool   // core copies are ignored until the log has caught up
+	pairs    pairing
+	advanced chan struct{} // closed and replaced whenever lastSeq moves
+}
+
+// Subscribe starts a subscriber on the event log named by the Subjects of
+// c. The stream must exist (persistence.EnsureEvents creates it).
+func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) (*Subscriber, error) {
+	if opts.PairWindow <= 0 {
+		opts.PairWindow = time.Minute
+	}
+	if opts.CoreBuffer <= 0 {
+		opts.CoreBuffer = 1 << 16
+	}
+	s := &Subscriber{
+		c: c, h: h, opts: opts,
+		stream:   c.Subjects.EventStream(),
+		coreCh:   make(chan *nats.Msg, opts.CoreBuffer),
+		done:     make(chan struct{}),
+		advanced: make(chan struct{}),
+		pairs:    newPairing(opts.PairWindow),
+	}
+	if opts.Namespaces != nil {
+		s.filter = map[string]bool{}
+		for _, ns := range opts.Namespaces {
+			if err := CheckNamespace(ns); err != nil {
+				return nil, err
+			}
+			s.filter[ns] = true
+		}
+	}
+	info, err := s.streamInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	start := opts.ResumeAfter
+	if start == 0 {
+		start = info.State.LastSeq
+	}
+	s.lastSeq = start
+	if opts.ResumeAfter > 0 && info.State.FirstSeq > opts.ResumeAfter+1 && info.State.LastSeq > opts.ResumeAfter {
+		s.gap(opts.ResumeAfter+1, info.State.FirstSeq)
+	}
+	// Core first, so nothing published after the log position above is
+	// missed by both paths; the log replays what core cannot vouch for.
+	s.catching = start < info.State.LastSeq
+	for _, subj := range c.Subjects.Events() {
+		sub, err := c.NC.ChanSubscribe(subj, s.coreCh)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("bus: subscribe %s: %w", subj, err)
+		}
+		// The channel bounds the backlog; let NATS count drops against it.
+		_ = sub.SetPendingLimits(opts.CoreBuffer, -1)
+		s.coreSubs = append(s.coreSubs, sub)
+	}
+	s.removeL = c.OnEvent(s.onConnEvent)
+	cons, err := c.JS.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start + 1,
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("bus: event log consumer on %s: %w", s.stream, err)
+	}
+	s.cons, err = cons.Consume(s.onLog, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			c.Log.Debug("event log consumer", "sub", opts.Name, "err", err)
+		}
+	}))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("bus: consume %s: %w", s.stream, err)
+	}
+	s.wg.Add(1)
+	go s.coreLoop()
+	return s, nil
+}
+
+func (s *Subscriber) streamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
+	st, err := s.c.JS.Stream(ctx, s.stream)
+	if err != nil {
+		return nil, fmt.Errorf("bus: event log %s: %w", s.stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bus: event log %s info: %w", s.stream, err)
+	}
+	return info, nil
+}
+
+// LastSeq is the last event-log sequence this subscriber has processed.
+func (s *Subscriber) LastSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastSeq
+}
+
+// CatchingUp reports whether the subscriber is replaying the log after a
+// disconnect (core deliveries are ignored meanwhile).
+func (s *Subscriber) CatchingUp() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.catching
+}
+
+// WaitSeq blocks until the subscriber has processed sequence seq of the
+// log, or ctx ends.
+func (s *Subscriber) WaitSeq(ctx context.Context, seq uint64) error {
+	for {
+		s.mu.Lock()
+		last, ch := s.lastSeq, s.advanced
+		s.mu.Unlock()
+		if last >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-s.done:
+			return ErrClosed
+		case <-ctx.Done():
+			return fmt.Errorf("bus: waiting for sequence %d (at %d): %w", seq, last, ctx.Err())
+		}
+	}
+}
+
+// Close stops both paths and waits for the handler's last call to return.
+func (s *Subscriber) Close() {
+	s.stopOnce.Do(func() {
+		if s.removeL != nil {
+			s.removeL()
+		}
+		for _, sub := range s.coreSubs {
+			_ = sub.Unsubscribe()
+		}
+		if s.cons != nil {
+			s.cons.Stop()
+			<-s.cons.Closed()
+		}
+		close(s.done)
+		s.wg.Wait()
+	})
+}
+
+func (s *Subscriber) coreLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.done:
+			return
+		case m := <-s.coreCh:
+			s.onCore(m)
+		}
+	}
+}
+
+func (s *Subscriber) onCore(m *nats.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.catching {
+		return // the log will deliver it, in order
+	}
+	key := s.pairs.key(m.Subject, m.Header.Get(MsgIDHeader), m.Data)
+	if !s.pairs.arrive(key, true, true) {
+		s.c.Metrics.Duplicates.WithLabelValues(ViaCore).Inc()
+		return
+	}
+	s.dispatch(m.Subject, m.Data, 0, ViaCore)
+}
+
+func (s *Subscriber) onLog(m jetstream.Msg) {
+	meta, err := m.Metadata()
+	if err != nil {
+		s.c.Log.Warn("event log message without metadata", "sub", s.opts.Name, "err", err)
+		return
+	}
+	seq := meta.Sequence.Stream
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq <= s.lastSeq {
+		return // a consumer reset delivered it again
+	}
+	if seq > s.lastSeq+1 {
+		s.gap(s.lastSeq+1, seq)
+	}
+	key := s.pairs.key(m.Subject(), m.Headers().Get(MsgIDHeader), m.Data())
+	// While catching up, core copies are dropped unrecorded, so a log copy
+	// pairs only with a core copy applied before the disconnect.
+	if s.pairs.arrive(key, false, !s.catching) {
+		s.dispatch(m.Subject(), m.Data(), seq, ViaLog)
+	} else {
+		s.c.Metrics.Duplicates.WithLabelValues(ViaLog).Inc()
+	}
+	s.advance(seq)
+	if s.catching && meta.NumPending == 0 {
+		s.catching = false
+		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", seq)
+	}
+}
+
+// gap handles events from..to-1 missing from the log: it cannot know what
+// they were, so it flushes everything the subscriber holds.
+func (s *Subscriber) gap(from, to uint64) {
+	s.c.Metrics.Gaps.Inc()
+	s.c.Metrics.Flushes.Inc()
+	s.c.Log.Warn("events missing from the log, flushing", "sub", s.opts.Name,
+		"from_seq", from, "to_seq", to-1, "namespaces", s.opts.Namespaces)
+	s.h.Flush(s.opts.Namespaces)
+}
+
+func (s *Subscriber) advance(seq uint64) {
+	s.lastSeq = seq
+	close(s.advanced)
+	s.advanced = make(chan struct{})
+}
+
+// dispatch decodes one message and hands it to the handler, or logs and
+// counts why it was rejected. Called with s.mu held.
+func (s *Subscriber) dispatch(subject string, data []byte, seq uint64, via string) {
+	ev, err := DecodeEvent(s.c.Subjects, subject, data)
+	if err != nil {
+		s.c.Metrics.Rejected.WithLabelValues(kindOf(s.c.Subjects, subject), Reason(err)).Inc()
+		s.c.Log.Warn("rejected message", "sub", s.opts.Name, "subject", subject, "seq", seq, "via", via,
+			"bytes", len(data), "err", err)
+		return
+	}
+	if s.filter != nil && ev.NS != "" && !s.filter[ev.NS] {
+		return
+	}
+	ev.Seq, ev.Via = seq, via
+	if s.opts.Self != "" && ev.Origin() == s.opts.Self {
+		return // applied locally when it was sent
+	}
+	s.h.Apply(ev)
+	s.c.Metrics.Applied.WithLabelValues(ev.Kind, via).Inc()
+	logApplied(s.c, s.opts.Name, ev)
+}
+
+func logApplied(c *Conn, sub string, ev Event) {
+	switch {
+	case ev.Expire != nil:
+		e := ev.Expire
+		c.Log.Info("applied expire", "sub", sub, "ns", ev.NS, "origin", e.Origin, "keys", e.Keys,
+			"prefixes", e.Prefixes, "tags", e.Tags, "all", e.All, "seq", ev.Seq, "via", ev.Via)
+	case ev.Seed != nil:
+		c.Log.Info("applied seed", "sub", sub, "ns", ev.NS, "origin", ev.Seed.Origin, "key", ev.Seed.Key,
+			"ttl", ev.Seed.TTL, "seq", ev.Seq, "via", ev.Via)
+	case ev.Fallback != nil:
+		f := ev.Fallback
+		c.Log.Info("applied fallback", "sub", sub, "on", f.On, "scope", f.Scope, "reason", f.Reason,
+			"until", f.Until, "origin", f.Origin, "seq", ev.Seq, "via", ev.Via)
+	case ev.Drain != nil:
+		c.Log.Info("applied drain", "sub", sub, "role", ev.Role, "id", ev.ID, "on", ev.Drain.On,
+			"deadline", ev.Drain.Deadline, "origin", ev.Drain.Origin, "seq", ev.Seq, "via", ev.Via)
+	}
+}
+
+func kindOf(subjects Subjects, subject string) string {
+	if t, err := subjects.Parse(subject); err == nil {
+		return t.Kind
+	}
+	return "unknown"
+}
+
+// DecodeEvent decodes a message of an event subject into an Event.
+func DecodeEvent(subjects Subjects, subject string, data []byte) (Event, error) {
+	t, err := subjects.Parse(subject)
+	if err != nil {
+		return Event{}, err
+	}
+	ev := Event{Kind: t.Kind, Subject: subject, NS: t.NS, Role: t.Role, ID: t.ID}
+	switch t.Kind {
+	case KindExpire:
+		e, err := DecodeExpire(data)
+		if err != nil {
+			return Event{}, err
+		}
+		ev.Expire = &e
+	case KindSeed:
+		sd, err := DecodeSeed(data)
+		if err != nil {
+			return Event{}, err
+		}
+		ev.Seed = &sd
+	case KindFallback:
+		f, err := DecodeFallback(data)
+		if err != nil {
+			return Event{}, err
+		}
+		ev.Fallback = &f
+	case KindDrain:
+		d, err := DecodeDrain(data)
+		if err != nil {
+			return Event{}, err
+		}
+		ev.Drain = &d
+	default:
+		return Event{}, fieldErr("subject", "%q carries no event", subject)
+	}
+	return ev, nil
+}
+
+func (s *Subscriber) onConnEvent(ev ConnEvent) {
+	switch ev {
+	case Disconnected, SlowConsumer:
+		s.mu.Lock()
+		if !s.catching {
+			s.catching = true
+			s.c.Log.Info("event log catching up", "sub", s.opts.Name, "seq", s.lastSeq)
+		}
+		s.mu.Unlock()
+		if ev == SlowConsumer {
+			go s.checkCaughtUp()
+		}
+	case Reconnected:
+		go s.checkCaughtUp()
+	}
+}
+
+// checkCaughtUp ends catching up at once when the log holds nothing past
+// the last sequence processed, and flushes when what is missing was removed.
+func (s *Subscriber) checkCaughtUp() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := s.streamInfo(ctx)
+	if err != nil {
+		s.c.Log.Warn("event log position after reconnect", "sub", s.opts.Name, "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastSeq >= info.State.LastSeq && s.catching {
+		s.catching = false
+		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", s.lastSeq)
+		return
+	}
+	if info.State.FirstSeq > s.lastSeq+1 {
+		// The consumer will jump ahead too; flush now rather than when the
+		// next event arrives, and move on so the jump is not a second gap.
+		s.gap(s.lastSeq+1, info.State.FirstSeq)
+		s.advance(info.State.FirstSeq - 1)
+	}
+}
+
+// pairing matches the core copy and the log copy of each event, so that
+// whichever arrives first is applied and the other is dropped. Events are
+// keyed by their message id or, for core publishes without one, by a hash
+// of subject and payload; a count per key lets identical payloads
+// published twice each be applied once. Counts above zero are core copies
+// waiting for their log copy, below zero the reverse.
+type pairing struct {
+	seed      maphash.Seed
+	window    time.Duration
+	cur, prev map[uint64]int32
+	rotated   time.Time
+}
+
+func newPairing(window time.Duration) pairing {
+	return pairing{seed: maphash.MakeSeed(), window: window,
+		cur: map[uint64]int32{}, prev: map[uint64]int32{}, rotated: time.Now()}
+}
+
+func (p *pairing) key(subject, msgID string, data []byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(p.seed)
+	if msgID != "" {
+		h.WriteString("id\x00")
+		h.WriteString(msgID)
+		return h.Sum64()
+	}
+	h.WriteString(subject)
+	h.WriteByte(0)
+	h.Write(data)
+	return h.Sum64()
+}
+
+// arrive records one copy and reports whether it is the first of its pair.
+// With record false a first copy is not remembered: no second will come.
+func (p *pairing) arrive(key uint64, core, record bool) bool {
+	if now := time.Now(); now.Sub(p.rotated) > p.window/2 {
+		p.prev, p.cur, p.rotated = p.cur, make(map[uint64]int32, len(p.cur)), now
+	}
+	m := p.cur
+	n, ok := p.cur[key]
+	if !ok {
+		if n, ok = p.prev[key]; ok {
+			m = p.prev
+		}
+	}
+	step := int32(1)
+	if !core {
+		step = -1
+	}
+	first := n == 0 || (n > 0) == core
+	if first && !record {
+		return true
+	}
+	n += step
+	if n == 0 {
+		delete(m, key)
+	} else {
+		m[key] = n
+	}
+	return first
+}

@@ -1,0 +1,84 @@
+package persistence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// EventLogConfig sets the limits of the event log. Its envconfig tags are
+// read under CACHEBUS_.
+type EventLogConfig struct {
+	MaxAge   time.Duration `envconfig:"EVENTS_MAX_AGE" default:"24h" desc:"how long the event log keeps an event; a member away longer flushes when it returns"`
+	MaxBytes int64         `envconfig:"EVENTS_MAX_BYTES" default:"1073741824" desc:"size limit of the event log in bytes; the oldest events go first"`
+	Replicas int           `envconfig:"EVENTS_REPLICAS" default:"1" desc:"JetStream replicas of the event log (3 on a three-node NATS cluster)"`
+}
+
+// EventStreamConfig is the JetStream configuration of the event log.
+func EventStreamConfig(s bus.Subjects, cfg EventLogConfig) jetstream.StreamConfig {
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	return jetstream.StreamConfig{
+		Name:        s.EventStream(),
+		Description: "cachebus event log: expire, seed, fallback and drain",
+		Subjects:    s.Events(),
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      cfg.MaxAge,
+		MaxBytes:    cfg.MaxBytes,
+		MaxMsgSize:  bus.MaxPayload,
+		Replicas:    cfg.Replicas,
+		Duplicates:  2 * time.Minute,
+		AllowDirect: true,
+	}
+}
+
+// EnsureEvents creates the event log, or updates its limits when it exists.
+// It retries while JetStream is not yet available (a cluster electing its
+// meta leader) until ctx ends.
+func EnsureEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstream.Stream, error) {
+	sc := EventStreamConfig(c.Subjects, cfg)
+	return ensure(ctx, c, "event log "+sc.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		return c.JS.CreateOrUpdateStream(ctx, sc)
+	})
+}
+
+// ensure retries create until it succeeds, fails for good, or ctx ends.
+func ensure[T any](ctx context.Context, c *bus.Conn, what string, create func(context.Context) (T, error)) (T, error) {
+	var zero T
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		v, err := create(actx)
+		cancel()
+		if err == nil {
+			return v, nil
+		}
+		if !transient(err) {
+			return zero, fmt.Errorf("persistence: %s: %w", what, err)
+		}
+		if attempt == 1 {
+			c.Log.Info("jetstream not ready, retrying", "what", what, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return zero, fmt.Errorf("persistence: %s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503 || apiErr.Code == 500
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
+}
