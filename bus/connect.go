@@ -106,6 +106,9 @@ func Connect(ctx context.Context, cfg ConnConfig, opts ...Option) (*Conn, error)
 		nats.MaxPingsOutstanding(2),
 		nats.ReconnectBufSize(16 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // our own Close
+			}
 			c.Log.Warn("nats disconnected", "err", err)
 			c.notify(Disconnected)
 		}),

@@ -87,7 +87,7 @@ func (p *Publisher) Fallback(ctx context.Context, f Fallback) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	p.c.Log.Info("sent fallback", "on", f.On, "scope", f.Scope, "reason", f.Reason, "until", f.Until,
+	p.c.Log.Info("sent fallback", "on", f.On, "scope", f.Scope, "reason", f.Reason, "until", optTime(f.Until),
 		"origin", f.Origin, "seq", seq)
 	return seq, nil
 }
@@ -107,7 +107,7 @@ func (p *Publisher) Drain(ctx context.Context, role, id string, d Drain) (uint64
 	if err != nil {
 		return 0, err
 	}
-	p.c.Log.Info("sent drain", "role", role, "id", id, "on", d.On, "deadline", d.Deadline,
+	p.c.Log.Info("sent drain", "role", role, "id", id, "on", d.On, "deadline", optTime(d.Deadline),
 		"origin", d.Origin, "seq", seq)
 	return seq, nil
 }
@@ -168,4 +168,12 @@ func isPermanent(err error) bool {
 	}
 	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrBadSubject) ||
 		errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrPermissionViolation)
+}
+
+// optTime renders an optional time for logs: empty when unset.
+func optTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
 }

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -216,7 +216,8 @@ func splitHostPort(hp string) (string, int, error) {
 // slogAdapter lets nats-server log through the daemon's slog logger.
 type slogAdapter struct{ log *slog.Logger }
 
-func (a slogAdapter) Noticef(f string, v ...any) { a.log.Info(fmt.Sprintf(f, v...)) }
+// Notices (the start banner, connections) go to debug: our daemons log what matters.
+func (a slogAdapter) Noticef(f string, v ...any) { a.log.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Warnf(f string, v ...any)   { a.log.Warn(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Fatalf(f string, v ...any)  { a.log.Error(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Errorf(f string, v ...any)  { a.log.Error(fmt.Sprintf(f, v...)) }

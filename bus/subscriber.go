@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Paths an event can reach a subscriber by.
@@ -122,7 +124,10 @@ type Subscriber struct {
 	lastSeq  uint64 // last log sequence processed
 	catching bool   // core copies are ignored until the log has caught up
 	pairs    pairing
-	advanced chan struct{} // closed and replaced whenever lastSeq moves
+	// advanced is closed when lastSeq moves, and made again only when a
+	// WaitSeq needs one: most sequences have no one waiting.
+	advanced chan struct{}
+	metrics  subMetrics // counters resolved once, guarded by mu
 }
 
 // Subscribe starts a subscriber on the event log named by the Subjects of
@@ -159,10 +164,16 @@ func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) 
 	if start == 0 {
 		start = info.State.LastSeq
 	}
-	s.lastSeq = start
-	if opts.ResumeAfter > 0 && info.State.FirstSeq > opts.ResumeAfter+1 && info.State.LastSeq > opts.ResumeAfter {
-		s.gap(opts.ResumeAfter+1, info.State.FirstSeq)
+	if start > info.State.LastSeq {
+		// The log was recreated: its sequences started over.
+		s.gap(info.State.LastSeq+1, start+1)
+		start = info.State.LastSeq
 	}
+	if start > 0 && info.State.FirstSeq > start+1 && info.State.LastSeq > start {
+		s.gap(start+1, info.State.FirstSeq)
+		start = info.State.FirstSeq - 1
+	}
+	s.lastSeq = start
 	// Core first, so nothing published after the log position above is
 	// missed by both paths; the log replays what core cannot vouch for.
 	s.catching = start < info.State.LastSeq
@@ -232,6 +243,9 @@ func (s *Subscriber) CatchingUp() bool {
 func (s *Subscriber) WaitSeq(ctx context.Context, seq uint64) error {
 	for {
 		s.mu.Lock()
+		if s.advanced == nil {
+			s.advanced = make(chan struct{})
+		}
 		last, ch := s.lastSeq, s.advanced
 		s.mu.Unlock()
 		if last >= seq {
@@ -285,7 +299,7 @@ func (s *Subscriber) onCore(m *nats.Msg) {
 	}
 	key := s.pairs.key(m.Subject, m.Header.Get(MsgIDHeader), m.Data)
 	if !s.pairs.arrive(key, true, true) {
-		s.c.Metrics.Duplicates.WithLabelValues(ViaCore).Inc()
+		s.metrics.duplicate(s.c.Metrics, ViaCore).Inc()
 		return
 	}
 	s.dispatch(m.Subject, m.Data, 0, ViaCore)
@@ -312,7 +326,7 @@ func (s *Subscriber) onLog(m jetstream.Msg) {
 	if s.pairs.arrive(key, false, !s.catching) {
 		s.dispatch(m.Subject(), m.Data(), seq, ViaLog)
 	} else {
-		s.c.Metrics.Duplicates.WithLabelValues(ViaLog).Inc()
+		s.metrics.duplicate(s.c.Metrics, ViaLog).Inc()
 	}
 	s.advance(seq)
 	if s.catching && meta.NumPending == 0 {
@@ -333,8 +347,10 @@ func (s *Subscriber) gap(from, to uint64) {
 
 func (s *Subscriber) advance(seq uint64) {
 	s.lastSeq = seq
-	close(s.advanced)
-	s.advanced = make(chan struct{})
+	if s.advanced != nil {
+		close(s.advanced)
+		s.advanced = nil
+	}
 }
 
 // dispatch decodes one message and hands it to the handler, or logs and
@@ -355,11 +371,47 @@ func (s *Subscriber) dispatch(subject string, data []byte, seq uint64, via strin
 		return // applied locally when it was sent
 	}
 	s.h.Apply(ev)
-	s.c.Metrics.Applied.WithLabelValues(ev.Kind, via).Inc()
+	s.metrics.applied(s.c.Metrics, ev.Kind, via).Inc()
 	logApplied(s.c, s.opts.Name, ev)
 }
 
+// subMetrics holds the labelled counters a subscriber touches on every
+// event, looked up once: WithLabelValues hashes its labels on each call.
+type subMetrics struct {
+	dupCore, dupLog prometheus.Counter
+	byKindVia       map[[2]string]prometheus.Counter
+}
+
+func (m *subMetrics) duplicate(all *Metrics, via string) prometheus.Counter {
+	c := &m.dupCore
+	if via == ViaLog {
+		c = &m.dupLog
+	}
+	if *c == nil {
+		*c = all.Duplicates.WithLabelValues(via)
+	}
+	return *c
+}
+
+func (m *subMetrics) applied(all *Metrics, kind, via string) prometheus.Counter {
+	k := [2]string{kind, via}
+	c, ok := m.byKindVia[k]
+	if !ok {
+		if m.byKindVia == nil {
+			m.byKindVia = map[[2]string]prometheus.Counter{}
+		}
+		c = all.Applied.WithLabelValues(kind, via)
+		m.byKindVia[k] = c
+	}
+	return c
+}
+
 func logApplied(c *Conn, sub string, ev Event) {
+	// Building the attributes costs more than applying an expire: skip it
+	// when the logger would drop the record anyway.
+	if !c.Log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	switch {
 	case ev.Expire != nil:
 		e := ev.Expire
@@ -371,10 +423,10 @@ func logApplied(c *Conn, sub string, ev Event) {
 	case ev.Fallback != nil:
 		f := ev.Fallback
 		c.Log.Info("applied fallback", "sub", sub, "on", f.On, "scope", f.Scope, "reason", f.Reason,
-			"until", f.Until, "origin", f.Origin, "seq", ev.Seq, "via", ev.Via)
+			"until", optTime(f.Until), "origin", f.Origin, "seq", ev.Seq, "via", ev.Via)
 	case ev.Drain != nil:
 		c.Log.Info("applied drain", "sub", sub, "role", ev.Role, "id", ev.ID, "on", ev.Drain.On,
-			"deadline", ev.Drain.Deadline, "origin", ev.Drain.Origin, "seq", ev.Seq, "via", ev.Via)
+			"deadline", optTime(ev.Drain.Deadline), "origin", ev.Drain.Origin, "seq", ev.Seq, "via", ev.Via)
 	}
 }
 
@@ -466,47 +518,74 @@ func (s *Subscriber) checkCaughtUp() {
 }
 
 // pairing matches the core copy and the log copy of each event, so that
-// whichever arrives first is applied and the other is dropped. Events are
-// keyed by their message id or, for core publishes without one, by a hash
-// of subject and payload; a count per key lets identical payloads
-// published twice each be applied once. Counts above zero are core copies
+// whichever arrives first is applied and the others are dropped.
+//
+// An event with a message id (every guaranteed publish has one) is applied
+// on its first copy and every later copy with that id is dropped: a
+// publisher that retries sends the same id again, and each attempt reaches
+// core subscribers. A core publish without an id is keyed by a hash of
+// subject and payload, and a count per key lets identical payloads
+// published twice each be applied once: counts above zero are core copies
 // waiting for their log copy, below zero the reverse.
+//
+// Keys are forgotten after between half and all of the window, in two
+// generations that rotate, so memory follows the event rate.
 type pairing struct {
 	seed      maphash.Seed
 	window    time.Duration
 	cur, prev map[uint64]int32
+	ids, pids map[uint64]struct{}
 	rotated   time.Time
 }
 
 func newPairing(window time.Duration) pairing {
 	return pairing{seed: maphash.MakeSeed(), window: window,
-		cur: map[uint64]int32{}, prev: map[uint64]int32{}, rotated: time.Now()}
+		cur: map[uint64]int32{}, prev: map[uint64]int32{},
+		ids: map[uint64]struct{}{}, pids: map[uint64]struct{}{}, rotated: time.Now()}
 }
 
-func (p *pairing) key(subject, msgID string, data []byte) uint64 {
+// pairKey identifies an event: by message id when byID, else by content.
+type pairKey struct {
+	hash uint64
+	byID bool
+}
+
+func (p *pairing) key(subject, msgID string, data []byte) pairKey {
 	var h maphash.Hash
 	h.SetSeed(p.seed)
 	if msgID != "" {
-		h.WriteString("id\x00")
 		h.WriteString(msgID)
-		return h.Sum64()
+		return pairKey{h.Sum64(), true}
 	}
 	h.WriteString(subject)
 	h.WriteByte(0)
 	h.Write(data)
-	return h.Sum64()
+	return pairKey{h.Sum64(), false}
 }
 
-// arrive records one copy and reports whether it is the first of its pair.
-// With record false a first copy is not remembered: no second will come.
-func (p *pairing) arrive(key uint64, core, record bool) bool {
+// arrive records one copy and reports whether it is the first of its
+// event. With record false a first content-keyed copy is not remembered:
+// no second will come.
+func (p *pairing) arrive(k pairKey, core, record bool) bool {
 	if now := time.Now(); now.Sub(p.rotated) > p.window/2 {
-		p.prev, p.cur, p.rotated = p.cur, make(map[uint64]int32, len(p.cur)), now
+		p.prev, p.cur = p.cur, make(map[uint64]int32, len(p.cur))
+		p.pids, p.ids = p.ids, make(map[uint64]struct{}, len(p.ids))
+		p.rotated = now
+	}
+	if k.byID {
+		if _, seen := p.ids[k.hash]; seen {
+			return false
+		}
+		if _, seen := p.pids[k.hash]; seen {
+			return false
+		}
+		p.ids[k.hash] = struct{}{}
+		return true
 	}
 	m := p.cur
-	n, ok := p.cur[key]
+	n, ok := p.cur[k.hash]
 	if !ok {
-		if n, ok = p.prev[key]; ok {
+		if n, ok = p.prev[k.hash]; ok {
 			m = p.prev
 		}
 	}
@@ -520,9 +599,9 @@ func (p *pairing) arrive(key uint64, core, record bool) bool {
 	}
 	n += step
 	if n == 0 {
-		delete(m, key)
+		delete(m, k.hash)
 	} else {
-		m[key] = n
+		m[k.hash] = n
 	}
 	return first
 }

@@ -253,3 +253,4 @@ func TestPurgedResumeFlushes(t *testing.T) {
 		}
 	})
 }
+
