@@ -253,4 +253,3 @@ func TestPurgedResumeFlushes(t *testing.T) {
 		}
 	})
 }
-
