@@ -95,6 +95,19 @@ func OpenState(ctx context.Context, c *bus.Conn, cfg StateConfig) (*State, error
 	return &State{c: c, kv: kv}, nil
 }
 
+// BindState opens the cluster state bucket without creating or
+// reconfiguring it, for commands that must not change what a daemon set up
+// (such as its replicas). When no daemon has created the bucket yet the
+// error wraps jetstream.ErrBucketNotFound.
+func BindState(ctx context.Context, c *bus.Conn) (*State, error) {
+	kv, err := c.JS.KeyValue(ctx, c.Subjects.StateBucket())
+	if err != nil {
+		return nil, fmt.Errorf("persistence: state bucket %s (created by a cachebus daemon at start): %w",
+			c.Subjects.StateBucket(), err)
+	}
+	return &State{c: c, kv: kv}, nil
+}
+
 func fallbackKey(scope string) string {
 	if scope == "*" || scope == "" {
 		return "fallback"

@@ -43,6 +43,7 @@ func register(c *command) { commands[c.name] = c }
 
 // runEnv is what every command gets besides its config.
 type runEnv struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	log            *slog.Logger
 }
@@ -64,7 +65,16 @@ func run(args []string) int {
 	return runWith(args, os.Stdout, os.Stderr)
 }
 
+// runWith runs a command until it ends or the process gets SIGINT or
+// SIGTERM.
 func runWith(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runContext(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// runContext runs a command until it ends or ctx is cancelled.
+func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		printCommands(stderr)
 		if len(args) == 0 {
@@ -113,9 +123,7 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err = cmd.run(ctx, &runEnv{stdout: stdout, stderr: stderr, log: log}, cfg, fs.Args())
+	err = cmd.run(ctx, &runEnv{stdin: stdin, stdout: stdout, stderr: stderr, log: log}, cfg, fs.Args())
 	var ue usageError
 	switch {
 	case err == nil:
