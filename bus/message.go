@@ -2,6 +2,7 @@ package bus
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -106,7 +107,7 @@ type expireWire struct {
 type seedWire struct {
 	V      *int    `json:"v"`
 	Key    *string `json:"key"`
-	Value  *[]byte `json:"value"`
+	Value  *string `json:"value"` // base64, decoded by DecodeSeed so an error names the field
 	TTL    string  `json:"ttl"`
 	Origin string  `json:"origin"`
 	TS     string  `json:"ts"`
@@ -207,7 +208,7 @@ func (e Expire) Encode() ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		V int `json:"v"`
 		Expire
 	}{Version, e})
@@ -231,7 +232,11 @@ func DecodeSeed(data []byte) (Seed, error) {
 	if w.Value == nil {
 		return Seed{}, fieldErr("value", "required (base64)")
 	}
-	s := Seed{Key: *w.Key, Value: *w.Value, Origin: w.Origin}
+	value, err := base64.StdEncoding.DecodeString(*w.Value)
+	if err != nil {
+		return Seed{}, fieldErr("value", "not standard base64: %v", err)
+	}
+	s := Seed{Key: *w.Key, Value: value, Origin: w.Origin}
 	if w.TTL != "" {
 		d, err := time.ParseDuration(w.TTL)
 		if err != nil {
@@ -239,7 +244,6 @@ func DecodeSeed(data []byte) (Seed, error) {
 		}
 		s.TTL = d
 	}
-	var err error
 	if s.TS, err = parseTime("ts", w.TS); err != nil {
 		return Seed{}, err
 	}
@@ -270,7 +274,7 @@ func (s Seed) Encode() ([]byte, error) {
 	if value == nil {
 		value = []byte{}
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		V      int       `json:"v"`
 		Key    string    `json:"key"`
 		Value  []byte    `json:"value"`
@@ -328,7 +332,7 @@ func (f Fallback) Encode() ([]byte, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		V int `json:"v"`
 		Fallback
 	}{Version, f})
@@ -368,7 +372,7 @@ func (d Drain) Encode() ([]byte, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		V int `json:"v"`
 		Drain
 	}{Version, d})
@@ -416,8 +420,14 @@ func (h Heartbeat) Validate() error {
 	if h.Sessions < 0 {
 		return fieldErr("sessions", "must not be negative, got %d", h.Sessions)
 	}
-	if len(h.Addr) > MaxKeyLen || len(h.DC) > 64 || len(h.Version) > 64 {
-		return fieldErr("addr", "addr, dc or version too long")
+	if len(h.Addr) > MaxKeyLen {
+		return fieldErr("addr", "longer than %d bytes", MaxKeyLen)
+	}
+	if len(h.DC) > 64 {
+		return fieldErr("dc", "longer than 64 bytes")
+	}
+	if len(h.Version) > 64 {
+		return fieldErr("version", "longer than 64 bytes")
 	}
 	return nil
 }
@@ -427,7 +437,7 @@ func (h Heartbeat) Encode() ([]byte, error) {
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		V int `json:"v"`
 		Heartbeat
 	}{Version, h})
@@ -441,6 +451,19 @@ func checkSize(data []byte) error {
 		return fieldErr("payload", "empty")
 	}
 	return nil
+}
+
+// marshal encodes a payload and rejects one its decoder would refuse for
+// its size, so that Encode never hands a publisher what no member accepts.
+func marshal(v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxPayload {
+		return nil, fieldErr("payload", "encodes to %d bytes, over the limit of %d", len(data), MaxPayload)
+	}
+	return data, nil
 }
 
 func unmarshal(data []byte, v any) error {
@@ -497,6 +520,11 @@ func parseTime(field, s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		return time.Time{}, fieldErr(field, "not an RFC 3339 time: %q", s)
+	}
+	// time.Parse takes offsets up to 24:00 that no RFC 3339 writer can
+	// write back; refuse them here rather than fail when re-encoding.
+	if _, err := t.MarshalText(); err != nil {
+		return time.Time{}, fieldErr(field, "offset out of range in %q", s)
 	}
 	return t, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -430,9 +431,14 @@ func logApplied(c *Conn, sub string, ev Event) {
 	}
 }
 
+// kindOf names the kind of an event subject for metric labels, even when
+// the rest of the subject is invalid.
 func kindOf(subjects Subjects, subject string) string {
-	if t, err := subjects.Parse(subject); err == nil {
-		return t.Kind
+	rest, _ := strings.CutPrefix(subject, subjects.Prefix+".")
+	kind, _, _ := strings.Cut(rest, ".")
+	switch kind {
+	case KindExpire, KindSeed, KindFallback, KindDrain, KindHeartbeat:
+		return kind
 	}
 	return "unknown"
 }

@@ -74,9 +74,20 @@ func ensure[T any](ctx context.Context, c *bus.Conn, what string, create func(co
 	}
 }
 
+// Error codes of JetStream answers with status 500 that no retry can fix:
+// the configuration asks for what the servers cannot give.
+const (
+	errCodeReplicasNotSupported jetstream.ErrorCode = 10074 // replicas > 1 without a cluster
+	errCodeStreamInvalidConfig  jetstream.ErrorCode = 10052
+)
+
 func transient(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case errCodeReplicasNotSupported, errCodeStreamInvalidConfig:
+			return false
+		}
 		return apiErr.Code == 503 || apiErr.Code == 500
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||

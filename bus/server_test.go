@@ -1,0 +1,491 @@
+package bus_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	neturl "net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/persistence"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The tests of this file start embedded servers with the options the
+// `cachebus nats` daemon passes through: TLS, users with permissions, and
+// clustering.
+
+func startServer(t *testing.T, cfg bus.ServerConfig) *bus.Server {
+	t.Helper()
+	if cfg.Host == "" {
+		cfg.Host, cfg.Port = "127.0.0.1", -1
+	}
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = t.TempDir()
+	}
+	srv, err := bus.StartServer(cfg, bustest.Logger(t))
+	if err != nil {
+		t.Fatalf("start server: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+func connectCfg(t *testing.T, cfg bus.ConnConfig, timeout time.Duration, opts ...bus.Option) (*bus.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if cfg.Prefix == "" {
+		cfg.Prefix = bus.DefaultPrefix
+	}
+	cfg.Name = t.Name()
+	c, err := bus.Connect(ctx, cfg, append([]bus.Option{bus.WithLogger(bustest.Logger(t))}, opts...)...)
+	if err == nil {
+		t.Cleanup(c.NC.Close)
+	}
+	return c, err
+}
+
+// testPKI is a CA and the server and client certificates it signed, as
+// PEM files in a temporary directory.
+type testPKI struct {
+	ca, serverCert, serverKey, clientCert, clientKey string
+}
+
+func newTestPKI(t *testing.T) testPKI {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "cachebus test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPKI{ca: filepath.Join(dir, "ca.pem")}
+	writePEM(t, p.ca, "CERTIFICATE", caDER)
+
+	issue := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial),
+			Subject:      pkix.Name{CommonName: name},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+			DNSNames:     []string{"localhost"},
+			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+		writePEM(t, certFile, "CERTIFICATE", der)
+		writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
+		return certFile, keyFile
+	}
+	p.serverCert, p.serverKey = issue("server", 2, x509.ExtKeyUsageServerAuth)
+	p.clientCert, p.clientKey = issue("client", 3, x509.ExtKeyUsageClientAuth)
+	return p
+}
+
+func writePEM(t *testing.T, path, kind string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expireRoundTrip publishes an expire through the guaranteed path on pubConn
+// and checks the subscriber on subConn applies it.
+func expireRoundTrip(t *testing.T, pubConn, subConn *bus.Conn, key string) {
+	t.Helper()
+	bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
+	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "tls"})
+	pub, err := bus.NewPublisher(pubConn, "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	seq, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSeq(t, s, seq)
+	if got := rec.keys(); len(got) != 1 || got[0] != key {
+		t.Fatalf("applied %v, want [%s]", got, key)
+	}
+}
+
+// TestServerTLS starts the embedded server with TLS and client
+// verification: a client with the CA and a client certificate works end to
+// end; a plaintext client, a client that does not trust the CA and a client
+// without a certificate are refused.
+func TestServerTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	srv := startServer(t, bus.ServerConfig{TLSCert: pki.serverCert, TLSKey: pki.serverKey, TLSCA: pki.ca})
+	url := srv.ClientURL()
+
+	good := bus.ConnConfig{URL: url, TLSCA: pki.ca, TLSCert: pki.clientCert, TLSKey: pki.clientKey}
+	c, err := connectCfg(t, good, 10*time.Second)
+	if err != nil {
+		t.Fatalf("TLS client with a certificate refused: %v", err)
+	}
+	state, err := c.NC.TLSConnectionState()
+	if err != nil || !state.HandshakeComplete || len(state.VerifiedChains) == 0 {
+		t.Fatalf("connection not verified TLS: %+v, %v", state, err)
+	}
+	c2, err := connectCfg(t, good, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expireRoundTrip(t, c, c2, "over-tls")
+
+	t.Run("plaintext", func(t *testing.T) {
+		// Speak the plain protocol, as a client without TLS would.
+		u, err := neturl.Parse(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.DialTimeout("tcp", u.Host, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(conn)
+		info, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(info, `"tls_required":true`) {
+			t.Fatalf("server INFO does not require TLS: %s", info)
+		}
+		if _, err := conn.Write([]byte("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\nSUB cachebus.> 1\r\nPING\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		rest, err := io.ReadAll(r)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("plaintext connection still open after 5s; read %q", rest)
+		}
+		if strings.Contains(string(rest), "PONG") {
+			t.Fatalf("plaintext client served: %q", rest)
+		}
+	})
+	t.Run("untrusted server", func(t *testing.T) {
+		// No CA: the client cannot verify the server's certificate.
+		_, err := nats.Connect(url, nats.Timeout(2*time.Second), nats.NoReconnect())
+		if err == nil {
+			t.Fatal("client without the CA connected")
+		}
+		var unknown x509.UnknownAuthorityError
+		if !errors.As(err, &unknown) && !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("error %v, want a certificate verification failure", err)
+		}
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		_, err := connectCfg(t, bus.ConnConfig{URL: url, TLSCA: pki.ca}, 500*time.Millisecond)
+		if err == nil {
+			t.Fatal("client without a certificate connected to a server that verifies clients")
+		}
+		// TLS 1.3 lets the server refuse the missing certificate after the
+		// client's side of the handshake, so the client may only see the
+		// connection closed; the good client above differs only by its
+		// certificate.
+		if msg := err.Error(); !strings.Contains(msg, "certificate") && !strings.Contains(msg, "tls") {
+			t.Fatalf("refusal %v is not a TLS failure", err)
+		}
+	})
+}
+
+// TestServerUserPermissions gives one user no right to publish expires:
+// neither its core publish nor its guaranteed publish reaches a subscriber,
+// both are refused visibly, while the admin's expires apply.
+func TestServerUserPermissions(t *testing.T) {
+	srv := startServer(t, bus.ServerConfig{Users: []bus.ServerUser{
+		{Name: "admin", Password: "admin-pw"},
+		{Name: "member", Password: "member-pw",
+			Publish: []string{"cachebus.hb.>", "$JS.API.>", "_INBOX.>"}},
+	}})
+	url := srv.ClientURL()
+
+	for _, cfg := range []bus.ConnConfig{{URL: url}, {URL: url, User: "admin", Password: "wrong"}} {
+		if _, err := connectCfg(t, cfg, 500*time.Millisecond); err == nil {
+			t.Fatalf("connected as %q with password %q", cfg.User, cfg.Password)
+		} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Fatalf("refusal %v does not say authorization", err)
+		}
+	}
+
+	admin, err := connectCfg(t, bus.ConnConfig{URL: url, User: "admin", Password: "admin-pw"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bustest.EnsureEvents(t, admin, persistence.EventLogConfig{})
+	subConn, err := connectCfg(t, bus.ConnConfig{URL: url, User: "admin", Password: "admin-pw"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "guarded"})
+
+	var mu sync.Mutex
+	var violations []error
+	member, err := connectCfg(t, bus.ConnConfig{URL: url, User: "member", Password: "member-pw"}, 5*time.Second,
+		bus.WithNATSOptions(nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			violations = append(violations, err)
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	violationsFor := func(subject string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, err := range violations {
+			if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+				n++
+			}
+		}
+		return n
+	}
+
+	if err := member.NC.Publish("cachebus.expire.users", []byte("forged-core")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.WaitFor(t, 5*time.Second, "permission violation for the core publish", func() bool {
+		return violationsFor("cachebus.expire.users") >= 1
+	})
+	pub, err := bus.NewPublisher(member, "member")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.AttemptTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{"forged-js"}}); err == nil {
+		t.Fatal("guaranteed publish without permission acknowledged")
+	} else if !errors.Is(err, bus.ErrNotAcked) && !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("guaranteed publish without permission: %v", err)
+	}
+	bustest.WaitFor(t, 5*time.Second, "permission violation for the guaranteed publish", func() bool {
+		return violationsFor("cachebus.expire.users") >= 2
+	})
+	// What the member may publish still goes through.
+	if err := member.NC.Publish("cachebus.hb.app.member", []byte(`{"v":1,"id":"member","role":"app","state":"up"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := member.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The server dropped both before the admin publishes, so had either
+	// been delivered it would be applied before the admin's.
+	adminPub, err := bus.NewPublisher(admin, "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.NC.Publish("cachebus.expire.users", []byte("admin-core")); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := adminPub.Expire(context.Background(), "users", bus.Expire{Keys: []string{"admin-js"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSeq(t, s, seq)
+	if got := rec.keys(); strings.Join(got, ",") != "admin-core,admin-js" {
+		t.Fatalf("applied %v, want only the admin's two expires", got)
+	}
+	if seq != 2 {
+		t.Fatalf("the admin's expire is event %d of the log, want 2: the member's were stored", seq)
+	}
+}
+
+// TestServerCluster forms a three-server cluster in process, keeps the
+// event log with three replicas, and shuts down the server leading it:
+// publishes after that are acknowledged, the subscriber on a survivor
+// applies them, and the log still holds every event.
+func TestServerCluster(t *testing.T) {
+	const n = 3
+	routePorts := make([]int, n)
+	for i := range routePorts {
+		routePorts[i] = bustest.FreePort(t)
+	}
+	servers := make([]*bus.Server, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		var routes []string
+		for j, p := range routePorts {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+			}
+		}
+		cfg := bus.ServerConfig{
+			Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir(),
+			ServerName:    fmt.Sprintf("n%d", i+1),
+			ClusterName:   "cachebus-test",
+			ClusterListen: fmt.Sprintf("127.0.0.1:%d", routePorts[i]),
+			Routes:        routes,
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servers[i], errs[i] = bus.StartServer(cfg, nil)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("server %d: %v", i+1, err)
+		}
+		t.Cleanup(servers[i].Shutdown)
+	}
+	started := time.Now()
+	byName := map[string]int{}
+	for i, s := range servers {
+		byName[s.Name()] = i
+	}
+
+	// Wait for the meta leader before asking for a stream: a request sent
+	// before there is one goes unanswered until the client's timeout.
+	bustest.WaitFor(t, 20*time.Second, "JetStream meta leader with 3 peers", func() bool {
+		for _, s := range servers {
+			if s.NATS().JetStreamIsLeader() && len(s.NATS().JetStreamClusterPeers()) == n {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("cluster formed after %s", time.Since(started))
+	setup := bustest.Connect(t, servers[0].ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := persistence.EnsureEvents(ctx, setup, persistence.EventLogConfig{MaxAge: time.Hour, Replicas: 3})
+	if err != nil {
+		t.Fatalf("R3 event log: %v", err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 || info.Cluster == nil || info.Cluster.Name != "cachebus-test" {
+		t.Fatalf("event log config %+v cluster %+v", info.Config, info.Cluster)
+	}
+	victim, ok := byName[info.Cluster.Leader]
+	if !ok {
+		t.Fatalf("log leader %q is none of our servers", info.Cluster.Leader)
+	}
+	t.Logf("cluster and R3 log ready after %s; log leader %s", time.Since(started), info.Cluster.Leader)
+	survivors := []int{(victim + 1) % n, (victim + 2) % n}
+	pubConn := bustest.Connect(t, servers[survivors[0]].ClientURL())
+	subConn := bustest.Connect(t, servers[survivors[1]].ClientURL())
+	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "survivor"})
+	pub, err := bus.NewPublisher(pubConn, "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A publish in flight while the leader hands over gets no answer; retry
+	// it soon (the log drops the copy if the first was stored after all).
+	pub.AttemptTimeout = 250 * time.Millisecond
+	var want []string
+	publish := func(key string) uint64 {
+		t.Helper()
+		want = append(want, key)
+		seq, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{key}})
+		if err != nil {
+			t.Fatalf("publish %s: %v", key, err)
+		}
+		return seq
+	}
+	for i := range 5 {
+		publish(fmt.Sprintf("before-%d", i))
+	}
+	waitSeq(t, s, 5)
+
+	killed := time.Now()
+	servers[victim].Shutdown()
+	var last uint64
+	for i := range 5 {
+		last = publish(fmt.Sprintf("after-%d", i))
+	}
+	t.Logf("5 publishes acknowledged %s after shutting down %s", time.Since(killed), servers[victim].Name())
+	if last != 10 {
+		t.Fatalf("last event is sequence %d, want 10", last)
+	}
+	bustest.WaitFor(t, 15*time.Second, "survivor applies all 10 expires", func() bool { return len(rec.keys()) >= 10 })
+	if got := rec.keys(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("survivor applied %v, want %v", got, want)
+	}
+
+	// The log itself kept every event: a subscriber that resumes from the
+	// start on the other survivor replays them all.
+	replayConn := bustest.Connect(t, servers[survivors[0]].ClientURL())
+	replay, replayed := subscribe(t, replayConn, bus.SubscriberOptions{Name: "replay", ResumeAfter: 1})
+	waitSeq(t, replay, 10)
+	if got := replayed.keys(); strings.Join(got, ",") != strings.Join(want[1:], ",") {
+		t.Fatalf("replay applied %v, want %v", got, want[1:])
+	}
+	if _, flushes := replayed.snapshot(); flushes != 0 {
+		t.Fatalf("replay flushed %d times, want 0", flushes)
+	}
+	jsInfo, err := jetstreamInfo(ctx, pubConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jsInfo.State.Msgs != 10 || jsInfo.Cluster.Leader == servers[victim].Name() || jsInfo.Cluster.Leader == "" {
+		t.Fatalf("after the shutdown the log holds %d events led by %q", jsInfo.State.Msgs, jsInfo.Cluster.Leader)
+	}
+}
+
+func jetstreamInfo(ctx context.Context, c *bus.Conn) (*jetstream.StreamInfo, error) {
+	st, err := c.JS.Stream(ctx, c.Subjects.EventStream())
+	if err != nil {
+		return nil, err
+	}
+	return st.Info(ctx)
+}
