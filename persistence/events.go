@@ -93,3 +93,30 @@ func transient(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
 }
+
+// OpenEvents returns the event log, creating it with cfg only when it does
+// not exist: a library client (memo) must not change the limits or
+// replicas that the cluster's daemons set.
+func OpenEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstream.Stream, error) {
+	st, err := c.JS.Stream(ctx, c.Subjects.EventStream())
+	if err == nil {
+		return st, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("persistence: event log %s: %w", c.Subjects.EventStream(), err)
+	}
+	if cfg.MaxAge == 0 {
+		cfg.MaxAge = 24 * time.Hour
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = 1 << 30
+	}
+	sc := EventStreamConfig(c.Subjects, cfg)
+	return ensure(ctx, c, "event log "+sc.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		st, err := c.JS.CreateStream(ctx, sc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return c.JS.Stream(ctx, sc.Name) // created meanwhile by another member
+		}
+		return st, err
+	})
+}

@@ -3,6 +3,7 @@ package persistence
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -327,4 +328,17 @@ func (f *Follower) Stop() {
 	close(f.done)
 	_ = f.w.Stop()
 	<-f.stopped
+}
+
+// OpenOrBindState opens the state bucket as a daemon left it, creating it
+// with default settings only when no daemon has yet.
+func OpenOrBindState(ctx context.Context, c *bus.Conn) (*State, error) {
+	s, err := BindState(ctx, c)
+	if err == nil {
+		return s, nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, err
+	}
+	return OpenState(ctx, c, StateConfig{})
 }

@@ -1,0 +1,523 @@
+package cachenode
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/allegro/bigcache/v3"
+	"github.com/cachebus/cachebus/bus"
+)
+
+// Lookup says what Get found.
+type Lookup uint8
+
+// Results of a Get.
+const (
+	// Miss: no entry, or one that was expired or flushed.
+	Miss Lookup = iota
+	// Hit: a fresh entry.
+	Hit
+	// Stale: an entry past its TTL but within the stale grace, kept for
+	// fallback and stale-if-error.
+	Stale
+)
+
+func (l Lookup) String() string {
+	switch l {
+	case Hit:
+		return "hit"
+	case Stale:
+		return "stale"
+	}
+	return "miss"
+}
+
+// StoreConfig bounds every namespace of a Store.
+type StoreConfig struct {
+	// MaxMB is the memory bound of one namespace, in MiB (bigcache's hard
+	// limit; the oldest entries are overwritten past it). Default 64.
+	MaxMB int
+	// MaxTTL caps every entry's life, stale grace excluded. Default 1h.
+	MaxTTL time.Duration
+	// DefaultTTL applies when Set is given no TTL. Default MaxTTL.
+	DefaultTTL time.Duration
+	// StaleGrace is how long an entry past its TTL is kept to be served
+	// stale. Default 0 (none).
+	StaleGrace time.Duration
+	// Shards of each bigcache (a power of two). Default 256.
+	Shards int
+	// Log receives background sweep errors; nil discards them.
+	Log *slog.Logger
+}
+
+func (c *StoreConfig) setDefaults() {
+	if c.MaxMB <= 0 {
+		c.MaxMB = 64
+	}
+	if c.MaxTTL <= 0 {
+		c.MaxTTL = time.Hour
+	}
+	if c.DefaultTTL <= 0 || c.DefaultTTL > c.MaxTTL {
+		c.DefaultTTL = c.MaxTTL
+	}
+	if c.Shards <= 0 {
+		c.Shards = 256
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Store keeps values by namespace and key in bigcache, with a TTL per
+// entry, tags, and expiry by key, prefix, tag or whole namespace.
+//
+// Flushes never walk the entries while the caller waits: every entry
+// carries the store-wide sequence at which it was written, and a flush
+// records the sequence at which it happened. A read drops an entry written
+// before a flush that covers it. A background sweep then deletes what the
+// flush covers and forgets the record; a namespace flush swaps in an empty
+// cache instead.
+type Store struct {
+	cfg    StoreConfig
+	seq    atomic.Uint64
+	mu     sync.Mutex                         // serialises namespace creation
+	spaces atomic.Pointer[map[string]*space] // copy-on-write: reads take no lock
+	closed chan struct{}
+	wg     sync.WaitGroup
+}
+
+// NewStore returns an empty store.
+func NewStore(cfg StoreConfig) *Store {
+	cfg.setDefaults()
+	s := &Store{cfg: cfg, closed: make(chan struct{})}
+	m := map[string]*space{}
+	s.spaces.Store(&m)
+	return s
+}
+
+// space is one namespace.
+type space struct {
+	name  string
+	cache atomic.Pointer[bigcache.BigCache]
+	// flushedAt is the sequence of the last whole-namespace flush.
+	flushedAt atomic.Uint64
+	// rules are the prefix and tag flushes not yet swept; nil when none.
+	rules   atomic.Pointer[flushRules]
+	rulesMu sync.Mutex
+	sweep   chan struct{}
+}
+
+// flushRules is immutable once published; a change publishes a copy.
+type flushRules struct {
+	prefixes []prefixRule
+	tags     map[string]uint64
+}
+
+type prefixRule struct {
+	prefix string
+	seq    uint64
+}
+
+// Entry layout: deadline (unix ns, 8) | hard deadline (8) | seq (8) |
+// tag count (2) | per tag: length (2), bytes | value.
+const headerLen = 26
+
+func (s *Store) newCache() (*bigcache.BigCache, error) {
+	bc := bigcache.Config{
+		Shards:             s.cfg.Shards,
+		LifeWindow:         s.cfg.MaxTTL + s.cfg.StaleGrace,
+		CleanWindow:        time.Minute,
+		MaxEntriesInWindow: s.cfg.Shards * 64,
+		MaxEntrySize:       256,
+		HardMaxCacheSize:   s.cfg.MaxMB,
+		Hasher:             fnv64{},
+	}
+	return bigcache.New(context.Background(), bc)
+}
+
+// fnv64 is bigcache's default hasher, inlined so it allocates nothing.
+type fnv64 struct{}
+
+func (fnv64) Sum64(key string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= prime
+	}
+	return h
+}
+
+// space returns namespace ns, creating it on first use.
+func (s *Store) space(ns string) (*space, error) {
+	if sp := (*s.spaces.Load())[ns]; sp != nil {
+		return sp, nil
+	}
+	if err := bus.CheckNamespace(ns); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := *s.spaces.Load()
+	if sp := cur[ns]; sp != nil {
+		return sp, nil
+	}
+	c, err := s.newCache()
+	if err != nil {
+		return nil, fmt.Errorf("cachenode: namespace %s: %w", ns, err)
+	}
+	sp := &space{name: ns, sweep: make(chan struct{}, 1)}
+	sp.cache.Store(c)
+	next := make(map[string]*space, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[ns] = sp
+	s.spaces.Store(&next)
+	s.wg.Add(1)
+	go s.sweeper(sp)
+	return sp, nil
+}
+
+// lookup returns namespace ns if it exists, without creating it.
+func (s *Store) lookup(ns string) *space { return (*s.spaces.Load())[ns] }
+
+// Namespaces lists the namespaces that hold or held entries.
+func (s *Store) Namespaces() []string {
+	m := *s.spaces.Load()
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// ErrValueTooLarge is returned by Set for an entry that cannot fit.
+var ErrValueTooLarge = errors.New("cachenode: value too large")
+
+// Set stores value under ns/key for ttl (DefaultTTL when zero, capped at
+// MaxTTL) with optional tags.
+func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...string) error {
+	if key == "" {
+		return errors.New("cachenode: empty key")
+	}
+	sp, err := s.space(ns)
+	if err != nil {
+		return err
+	}
+	if ttl <= 0 {
+		ttl = s.cfg.DefaultTTL
+	}
+	ttl = min(ttl, s.cfg.MaxTTL)
+	size := headerLen + len(value)
+	for _, t := range tags {
+		if len(t) > 0xffff {
+			return fmt.Errorf("cachenode: tag of %d bytes", len(t))
+		}
+		size += 2 + len(t)
+	}
+	if len(tags) > 0xffff || size > s.cfg.MaxMB<<20/s.cfg.Shards {
+		return fmt.Errorf("%w: %d bytes in namespace %s (limit %d)", ErrValueTooLarge, size, ns, s.cfg.MaxMB<<20/s.cfg.Shards)
+	}
+	bufp := entryPool.Get().(*[]byte)
+	buf := (*bufp)[:0]
+	if cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	now := time.Now().UnixNano()
+	deadline := now + int64(ttl)
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline+int64(s.cfg.StaleGrace)))
+	buf = binary.LittleEndian.AppendUint64(buf, s.seq.Add(1))
+	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(tags)))
+	for _, t := range tags {
+		buf = binary.LittleEndian.AppendUint16(buf, uint16(len(t)))
+		buf = append(buf, t...)
+	}
+	buf = append(buf, value...)
+	err = sp.cache.Load().Set(key, buf) // bigcache copies the entry
+	if cap(buf) <= 64<<10 {
+		*bufp = buf
+		entryPool.Put(bufp)
+	}
+	if err != nil {
+		return fmt.Errorf("cachenode: set %s/%s: %w", ns, key, err)
+	}
+	return nil
+}
+
+var entryPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// Get returns the value of ns/key and whether it is fresh or stale. The
+// returned slice is the caller's own.
+func (s *Store) Get(ns, key string) ([]byte, Lookup) {
+	sp := s.lookup(ns)
+	if sp == nil {
+		return nil, Miss
+	}
+	entry, err := sp.cache.Load().Get(key)
+	if err != nil || len(entry) < headerLen {
+		return nil, Miss
+	}
+	deadline := int64(binary.LittleEndian.Uint64(entry[0:]))
+	hard := int64(binary.LittleEndian.Uint64(entry[8:]))
+	seq := binary.LittleEndian.Uint64(entry[16:])
+	ntags := int(binary.LittleEndian.Uint16(entry[24:]))
+	tagsEnd := headerLen
+	for range ntags {
+		if tagsEnd+2 > len(entry) {
+			return nil, Miss
+		}
+		tagsEnd += 2 + int(binary.LittleEndian.Uint16(entry[tagsEnd:]))
+	}
+	if tagsEnd > len(entry) {
+		return nil, Miss
+	}
+	if seq <= sp.flushedAt.Load() {
+		return nil, Miss
+	}
+	if r := sp.rules.Load(); r != nil && r.covers(key, seq, entry[headerLen:tagsEnd], ntags) {
+		return nil, Miss
+	}
+	now := time.Now().UnixNano()
+	switch {
+	case now < deadline:
+		return entry[tagsEnd:], Hit
+	case now < hard:
+		return entry[tagsEnd:], Stale
+	}
+	return nil, Miss
+}
+
+// covers reports whether a flush recorded after seq drops the entry.
+func (r *flushRules) covers(key string, seq uint64, tagBytes []byte, ntags int) bool {
+	for _, p := range r.prefixes {
+		if seq <= p.seq && strings.HasPrefix(key, p.prefix) {
+			return true
+		}
+	}
+	if len(r.tags) == 0 {
+		return false
+	}
+	for range ntags {
+		n := int(binary.LittleEndian.Uint16(tagBytes))
+		if at, ok := r.tags[string(tagBytes[2:2+n])]; ok && seq <= at {
+			return true
+		}
+		tagBytes = tagBytes[2+n:]
+	}
+	return false
+}
+
+// Delete removes ns/key.
+func (s *Store) Delete(ns, key string) {
+	if sp := s.lookup(ns); sp != nil {
+		_ = sp.cache.Load().Delete(key)
+	}
+}
+
+// ExpirePrefix drops every entry of ns whose key starts with prefix.
+func (s *Store) ExpirePrefix(ns, prefix string) {
+	if prefix == "" {
+		s.Flush(ns)
+		return
+	}
+	s.addRule(ns, func(r *flushRules, seq uint64) {
+		r.prefixes = append(r.prefixes, prefixRule{prefix, seq})
+	})
+}
+
+// ExpireTag drops every entry of ns tagged tag.
+func (s *Store) ExpireTag(ns, tag string) {
+	s.addRule(ns, func(r *flushRules, seq uint64) { r.tags[tag] = seq })
+}
+
+func (s *Store) addRule(ns string, add func(*flushRules, uint64)) {
+	sp := s.lookup(ns)
+	if sp == nil {
+		return // nothing stored, nothing to drop
+	}
+	sp.rulesMu.Lock()
+	next := &flushRules{tags: map[string]uint64{}}
+	if cur := sp.rules.Load(); cur != nil {
+		next.prefixes = append(next.prefixes, cur.prefixes...)
+		for k, v := range cur.tags {
+			next.tags[k] = v
+		}
+	}
+	add(next, s.seq.Add(1))
+	sp.rules.Store(next)
+	sp.rulesMu.Unlock()
+	select {
+	case sp.sweep <- struct{}{}:
+	default:
+	}
+}
+
+// Flush drops every entry of namespace ns at once; the memory is released
+// in the background.
+func (s *Store) Flush(ns string) {
+	sp := s.lookup(ns)
+	if sp == nil {
+		return
+	}
+	sp.flushedAt.Store(s.seq.Add(1))
+	select {
+	case sp.sweep <- struct{}{}:
+	default:
+	}
+}
+
+// FlushAll drops every entry of every namespace.
+func (s *Store) FlushAll() {
+	for _, ns := range s.Namespaces() {
+		s.Flush(ns)
+	}
+}
+
+// Apply applies an expire from the bus to namespace ns.
+func (s *Store) Apply(ns string, e bus.Expire) {
+	if e.All {
+		s.Flush(ns)
+		return
+	}
+	for _, k := range e.Keys {
+		s.Delete(ns, k)
+	}
+	for _, p := range e.Prefixes {
+		s.ExpirePrefix(ns, p)
+	}
+	for _, t := range e.Tags {
+		s.ExpireTag(ns, t)
+	}
+}
+
+// NamespaceStats are the size figures of one namespace.
+type NamespaceStats struct {
+	Entries int
+	Bytes   int
+}
+
+// Stats returns the entries and bytes held by ns, flushed ones not yet
+// swept included.
+func (s *Store) Stats(ns string) NamespaceStats {
+	sp := s.lookup(ns)
+	if sp == nil {
+		return NamespaceStats{}
+	}
+	c := sp.cache.Load()
+	return NamespaceStats{Entries: c.Len(), Bytes: c.Capacity()}
+}
+
+// Close stops the background sweeps and releases every namespace.
+func (s *Store) Close() {
+	select {
+	case <-s.closed:
+		return
+	default:
+	}
+	close(s.closed)
+	s.wg.Wait()
+	for _, sp := range *s.spaces.Load() {
+		_ = sp.cache.Load().Close()
+	}
+}
+
+// sweeper does the physical work of flushes for one namespace, off the
+// callers' and readers' paths.
+func (s *Store) sweeper(sp *space) {
+	defer s.wg.Done()
+	var swappedAt uint64
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-sp.sweep:
+		}
+		if at := sp.flushedAt.Load(); at > swappedAt {
+			s.swap(sp)
+			swappedAt = at
+		}
+		if r := sp.rules.Load(); r != nil {
+			s.sweepRules(sp, r)
+		}
+	}
+}
+
+// swap replaces a flushed namespace's cache with an empty one. Entries
+// written between the flush and the swap are dropped too: misses, never
+// stale reads.
+func (s *Store) swap(sp *space) {
+	c, err := s.newCache()
+	if err != nil {
+		s.cfg.Log.Error("namespace flush: new cache", "ns", sp.name, "err", err)
+		return
+	}
+	old := sp.cache.Swap(c)
+	_ = old.Close()
+}
+
+// sweepRules deletes the entries that rules r cover, then forgets the
+// rules it has applied (newer ones stay).
+func (s *Store) sweepRules(sp *space, r *flushRules) {
+	it := sp.cache.Load().Iterator()
+	for it.SetNext() {
+		ei, err := it.Value()
+		if err != nil {
+			continue
+		}
+		entry := ei.Value()
+		if len(entry) < headerLen {
+			continue
+		}
+		seq := binary.LittleEndian.Uint64(entry[16:])
+		ntags := int(binary.LittleEndian.Uint16(entry[24:]))
+		end := headerLen
+		for range ntags {
+			if end+2 > len(entry) {
+				break
+			}
+			end += 2 + int(binary.LittleEndian.Uint16(entry[end:]))
+		}
+		if end > len(entry) {
+			continue
+		}
+		if r.covers(ei.Key(), seq, entry[headerLen:end], ntags) {
+			_ = sp.cache.Load().Delete(ei.Key())
+		}
+	}
+	sp.rulesMu.Lock()
+	defer sp.rulesMu.Unlock()
+	cur := sp.rules.Load()
+	next := &flushRules{tags: map[string]uint64{}}
+	for _, p := range cur.prefixes {
+		if !containsPrefix(r.prefixes, p) {
+			next.prefixes = append(next.prefixes, p)
+		}
+	}
+	for t, at := range cur.tags {
+		if r.tags[t] != at {
+			next.tags[t] = at
+		}
+	}
+	if len(next.prefixes) == 0 && len(next.tags) == 0 {
+		next = nil
+	}
+	sp.rules.Store(next)
+}
+
+func containsPrefix(list []prefixRule, p prefixRule) bool {
+	for _, q := range list {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
