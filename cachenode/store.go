@@ -87,7 +87,7 @@ func (c *StoreConfig) setDefaults() {
 type Store struct {
 	cfg    StoreConfig
 	seq    atomic.Uint64
-	mu     sync.Mutex                         // serialises namespace creation
+	mu     sync.Mutex                        // serialises namespace creation
 	spaces atomic.Pointer[map[string]*space] // copy-on-write: reads take no lock
 	closed chan struct{}
 	wg     sync.WaitGroup
