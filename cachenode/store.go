@@ -97,6 +97,7 @@ type Store struct {
 func NewStore(cfg StoreConfig) *Store {
 	cfg.setDefaults()
 	s := &Store{cfg: cfg, closed: make(chan struct{})}
+	startClock()
 	m := map[string]*space{}
 	s.spaces.Store(&m)
 	return s
@@ -231,8 +232,7 @@ func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...str
 	if cap(buf) < size {
 		buf = make([]byte, 0, size)
 	}
-	now := time.Now().UnixNano()
-	deadline := now + int64(ttl)
+	deadline := now() + int64(ttl)
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline))
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline+int64(s.cfg.StaleGrace)))
 	buf = binary.LittleEndian.AppendUint64(buf, s.seq.Add(1))
@@ -286,11 +286,10 @@ func (s *Store) Get(ns, key string) ([]byte, Lookup) {
 	if r := sp.rules.Load(); r != nil && r.covers(key, seq, entry[headerLen:tagsEnd], ntags) {
 		return nil, Miss
 	}
-	now := time.Now().UnixNano()
-	switch {
-	case now < deadline:
+	switch t := now(); {
+	case t < deadline:
 		return entry[tagsEnd:], Hit
-	case now < hard:
+	case t < hard:
 		return entry[tagsEnd:], Stale
 	}
 	return nil, Miss
@@ -425,6 +424,7 @@ func (s *Store) Close() {
 	}
 	close(s.closed)
 	s.wg.Wait()
+	stopClock()
 	for _, sp := range *s.spaces.Load() {
 		_ = sp.cache.Load().Close()
 	}
