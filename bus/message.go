@@ -195,8 +195,8 @@ func (e Expire) Validate() error {
 		items []string
 	}{{"keys", e.Keys}, {"prefixes", e.Prefixes}, {"tags", e.Tags}} {
 		for i, k := range list.items {
-			if err := checkKey(fmt.Sprintf("%s[%d]", list.field, i), k); err != nil {
-				return err
+			if k == "" || len(k) > MaxKeyLen { // name the field only on error: this runs per key
+				return checkKey(fmt.Sprintf("%s[%d]", list.field, i), k)
 			}
 		}
 	}

@@ -26,13 +26,23 @@ const (
 	KindHeartbeat = "hb"
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // prefixRE allows dotted prefixes such as "acme.cachebus" but no wildcards.
 var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$`)
 
-// ValidName reports whether s may be used as a namespace or member id.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+// ValidName reports whether s may be used as a namespace or member id:
+// [A-Za-z0-9_-]{1,64}. (A loop: it runs on every message.)
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidRole reports whether role is one of the roles of DESIGN.md.
 func ValidRole(role string) bool {
@@ -96,6 +106,13 @@ func (s Subjects) Heartbeat(role, id string) string { return s.Prefix + ".hb." +
 
 // AllHeartbeats matches every member's heartbeat.
 func (s Subjects) AllHeartbeats() string { return s.Prefix + ".hb.>" }
+
+// LogRepublish is where the event log republishes every stored event,
+// with its sequence: <p>.log.<original subject>.
+func (s Subjects) LogRepublish() string { return s.Prefix + ".log.>" }
+
+// LogPrefix is the prefix of republished subjects, "<p>.log.".
+func (s Subjects) LogPrefix() string { return s.Prefix + ".log." }
 
 // Records is the root of the record request subjects.
 func (s Subjects) Records() string { return s.Prefix + ".rec" }

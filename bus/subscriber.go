@@ -2,12 +2,13 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -99,40 +100,60 @@ type SubscriberOptions struct {
 	// PairWindow is how long one copy of an event waits for the other before
 	// it is forgotten. Default one minute.
 	PairWindow time.Duration
-	// CoreBuffer is how many core messages may wait for the handler before
-	// NATS drops them (the log then fills in). Default 65536.
+	// CoreBuffer is how many messages may wait for the handler before NATS
+	// drops them (the log then fills in). Default 65536.
 	CoreBuffer int
+	// CheckInterval is how often an idle subscriber asks the log whether it
+	// missed its tail. Default 5s.
+	CheckInterval time.Duration
 }
 
 // Subscriber applies every event of the bus exactly once, in order, with
-// nothing lost across a disconnect. See the package documentation.
+// nothing lost across a disconnect.
+//
+// It takes each event by two core subscriptions on one connection: the
+// event subjects themselves, applied the moment they arrive, and the
+// event log's republication (<prefix>.log.<subject>), which the stream sends
+// once an event is stored, with its sequence. The republished copy
+// confirms the first or applies what core did not deliver; a sequence
+// that skips ahead, a reconnect or a quiet tail sends the subscriber to
+// read the missing range from the stream before it goes on. No JetStream
+// consumer runs while the subscriber keeps up.
 type Subscriber struct {
 	c      *Conn
 	h      Handler
 	opts   SubscriberOptions
 	stream string
 	filter map[string]bool
+	logPre string // prefix of republished subjects: "<p>.log."
 
-	coreCh   chan *nats.Msg
-	coreSubs []*nats.Subscription
-	cons     jetstream.ConsumeContext
+	in       chan *nats.Msg
+	subs     []*nats.Subscription
+	check    chan struct{} // asks the loop to compare with the log's tail
 	removeL  func()
 	done     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
 
-	mu       sync.Mutex
-	lastSeq  uint64 // last log sequence processed
-	catching bool   // core copies are ignored until the log has caught up
-	pairs    pairing
+	// catching is set when core deliveries can no longer be trusted to be
+	// complete (disconnect, slow consumer) and cleared once the loop has read
+	// the log to its tail: until then core copies are dropped, so nothing is
+	// applied ahead of an older event still to be read.
+	catching atomic.Bool
+
+	mu      sync.Mutex
+	lastSeq uint64 // last log sequence processed
+	pairs   pairing
 	// advanced is closed when lastSeq moves, and made again only when a
 	// WaitSeq needs one: most sequences have no one waiting.
 	advanced chan struct{}
 	metrics  subMetrics // counters resolved once, guarded by mu
+	sawLog   bool       // a republished copy arrived since the last check
 }
 
 // Subscribe starts a subscriber on the event log named by the Subjects of
-// c. The stream must exist (persistence.EnsureEvents creates it).
+// c. The stream must exist with its republication (persistence.EnsureEvents
+// and OpenEvents create it so).
 func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) (*Subscriber, error) {
 	if opts.PairWindow <= 0 {
 		opts.PairWindow = time.Minute
@@ -140,13 +161,17 @@ func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) 
 	if opts.CoreBuffer <= 0 {
 		opts.CoreBuffer = 1 << 16
 	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = 5 * time.Second
+	}
 	s := &Subscriber{
 		c: c, h: h, opts: opts,
-		stream:   c.Subjects.EventStream(),
-		coreCh:   make(chan *nats.Msg, opts.CoreBuffer),
-		done:     make(chan struct{}),
-		advanced: make(chan struct{}),
-		pairs:    newPairing(opts.PairWindow),
+		stream: c.Subjects.EventStream(),
+		logPre: c.Subjects.LogPrefix(),
+		in:     make(chan *nats.Msg, opts.CoreBuffer),
+		check:  make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		pairs:  newPairing(opts.PairWindow),
 	}
 	if opts.Namespaces != nil {
 		s.filter = map[string]bool{}
@@ -161,6 +186,10 @@ func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) 
 	if err != nil {
 		return nil, err
 	}
+	if rp := info.Config.RePublish; rp == nil || rp.Destination != c.Subjects.LogRepublish() || rp.HeadersOnly {
+		return nil, fmt.Errorf("bus: event log %s does not republish to %s: update it with persistence.EnsureEvents (any cachebus daemon does at start)",
+			s.stream, c.Subjects.LogRepublish())
+	}
 	start := opts.ResumeAfter
 	if start == 0 {
 		start = info.State.LastSeq
@@ -170,45 +199,32 @@ func Subscribe(ctx context.Context, c *Conn, h Handler, opts SubscriberOptions) 
 		s.gap(info.State.LastSeq+1, start+1)
 		start = info.State.LastSeq
 	}
-	if start > 0 && info.State.FirstSeq > start+1 && info.State.LastSeq > start {
-		s.gap(start+1, info.State.FirstSeq)
-		start = info.State.FirstSeq - 1
-	}
 	s.lastSeq = start
-	// Core first, so nothing published after the log position above is
-	// missed by both paths; the log replays what core cannot vouch for.
-	s.catching = start < info.State.LastSeq
-	for _, subj := range c.Subjects.Events() {
-		sub, err := c.NC.ChanSubscribe(subj, s.coreCh)
+	// Subscribe before reading the log up to its tail, so that nothing
+	// published meanwhile is missed by both; the loop drops what it read.
+	for _, subj := range append(c.Subjects.Events(), c.Subjects.LogRepublish()) {
+		sub, err := c.NC.ChanSubscribe(subj, s.in)
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("bus: subscribe %s: %w", subj, err)
 		}
 		// The channel bounds the backlog; let NATS count drops against it.
 		_ = sub.SetPendingLimits(opts.CoreBuffer, -1)
-		s.coreSubs = append(s.coreSubs, sub)
+		s.subs = append(s.subs, sub)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.NC.FlushWithContext(fctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("bus: subscribe: %w", err)
 	}
 	s.removeL = c.OnEvent(s.onConnEvent)
-	cons, err := c.JS.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       start + 1,
-		InactiveThreshold: 30 * time.Second,
-	})
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("bus: event log consumer on %s: %w", s.stream, err)
-	}
-	s.cons, err = cons.Consume(s.onLog, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
-			c.Log.Debug("event log consumer", "sub", opts.Name, "err", err)
-		}
-	}))
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("bus: consume %s: %w", s.stream, err)
+	if start < info.State.LastSeq {
+		s.catching.Store(true)
+		s.requestCheck()
 	}
 	s.wg.Add(1)
-	go s.coreLoop()
+	go s.loop()
 	return s, nil
 }
 
@@ -231,13 +247,9 @@ func (s *Subscriber) LastSeq() uint64 {
 	return s.lastSeq
 }
 
-// CatchingUp reports whether the subscriber is replaying the log after a
+// CatchingUp reports whether the subscriber is reading the log after a
 // disconnect (core deliveries are ignored meanwhile).
-func (s *Subscriber) CatchingUp() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.catching
-}
+func (s *Subscriber) CatchingUp() bool { return s.catching.Load() }
 
 // WaitSeq blocks until the subscriber has processed sequence seq of the
 // log, or ctx ends.
@@ -262,42 +274,64 @@ func (s *Subscriber) WaitSeq(ctx context.Context, seq uint64) error {
 	}
 }
 
-// Close stops both paths and waits for the handler's last call to return.
+// Close stops the subscriptions and waits for the handler's last call to
+// return.
 func (s *Subscriber) Close() {
 	s.stopOnce.Do(func() {
 		if s.removeL != nil {
 			s.removeL()
 		}
-		for _, sub := range s.coreSubs {
+		for _, sub := range s.subs {
 			_ = sub.Unsubscribe()
-		}
-		if s.cons != nil {
-			s.cons.Stop()
-			<-s.cons.Closed()
 		}
 		close(s.done)
 		s.wg.Wait()
 	})
 }
 
-func (s *Subscriber) coreLoop() {
+func (s *Subscriber) requestCheck() {
+	select {
+	case s.check <- struct{}{}:
+	default:
+	}
+}
+
+// loop handles every delivery in arrival order, and the checks against
+// the log's tail, one at a time.
+func (s *Subscriber) loop() {
 	defer s.wg.Done()
+	tick := time.NewTicker(s.opts.CheckInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
-		case m := <-s.coreCh:
-			s.onCore(m)
+		case m := <-s.in:
+			if strings.HasPrefix(m.Subject, s.logPre) {
+				s.onLog(m)
+			} else {
+				s.onCore(m)
+			}
+		case <-s.check:
+			s.catchUp()
+		case <-tick.C:
+			s.mu.Lock()
+			idle := !s.sawLog
+			s.sawLog = false
+			s.mu.Unlock()
+			if idle || s.catching.Load() {
+				s.catchUp()
+			}
 		}
 	}
 }
 
 func (s *Subscriber) onCore(m *nats.Msg) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.catching {
+	if s.catching.Load() {
 		return // the log will deliver it, in order
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	key := s.pairs.key(m.Subject, m.Header.Get(MsgIDHeader), m.Data)
 	if !s.pairs.arrive(key, true, true) {
 		s.metrics.duplicate(s.c.Metrics, ViaCore).Inc()
@@ -306,34 +340,120 @@ func (s *Subscriber) onCore(m *nats.Msg) {
 	s.dispatch(m.Subject, m.Data, 0, ViaCore)
 }
 
-func (s *Subscriber) onLog(m jetstream.Msg) {
-	meta, err := m.Metadata()
-	if err != nil {
-		s.c.Log.Warn("event log message without metadata", "sub", s.opts.Name, "err", err)
+// onLog handles a republished copy: the stored event with its sequence.
+func (s *Subscriber) onLog(m *nats.Msg) {
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	subject := m.Header.Get(jetstream.SubjectHeader)
+	if err != nil || subject == "" {
+		s.c.Log.Warn("republished event without sequence or subject", "sub", s.opts.Name, "subject", m.Subject)
 		return
 	}
-	seq := meta.Sequence.Stream
+	s.mu.Lock()
+	s.sawLog = true
+	last := s.lastSeq
+	s.mu.Unlock()
+	if seq <= last {
+		return // read from the stream already
+	}
+	if seq > last+1 {
+		// Copies in between were dropped on the way: read them first.
+		if !s.readRange(last+1, seq-1) {
+			s.requestCheck() // the stream did not answer; try again soon
+		}
+	}
+	s.logCopy(subject, m.Header.Get(MsgIDHeader), m.Data, seq)
+}
+
+// logCopy processes the log's copy of event seq.
+func (s *Subscriber) logCopy(subject, msgID string, data []byte, seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if seq <= s.lastSeq {
-		return // a consumer reset delivered it again
+		return
 	}
 	if seq > s.lastSeq+1 {
 		s.gap(s.lastSeq+1, seq)
 	}
-	key := s.pairs.key(m.Subject(), m.Headers().Get(MsgIDHeader), m.Data())
 	// While catching up, core copies are dropped unrecorded, so a log copy
 	// pairs only with a core copy applied before the disconnect.
-	if s.pairs.arrive(key, false, !s.catching) {
-		s.dispatch(m.Subject(), m.Data(), seq, ViaLog)
+	if s.pairs.arrive(s.pairs.key(subject, msgID, data), false, !s.catching.Load()) {
+		s.dispatch(subject, data, seq, ViaLog)
 	} else {
 		s.metrics.duplicate(s.c.Metrics, ViaLog).Inc()
 	}
 	s.advance(seq)
-	if s.catching && meta.NumPending == 0 {
-		s.catching = false
-		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", seq)
+}
+
+// catchUp reads the log from the last sequence processed to its tail and
+// then trusts core deliveries again. A range the log no longer holds is
+// flushed.
+func (s *Subscriber) catchUp() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := s.streamInfo(ctx)
+	if err != nil {
+		s.c.Log.Warn("event log position", "sub", s.opts.Name, "err", err)
+		return // the ticker tries again
 	}
+	s.mu.Lock()
+	last := s.lastSeq
+	if info.State.FirstSeq > last+1 && info.State.LastSeq > last {
+		s.gap(last+1, info.State.FirstSeq)
+		s.advance(info.State.FirstSeq - 1)
+		last = s.lastSeq
+	}
+	s.mu.Unlock()
+	if info.State.LastSeq > last && !s.readRange(last+1, info.State.LastSeq) {
+		return
+	}
+	if s.catching.CompareAndSwap(true, false) {
+		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", s.LastSeq())
+	}
+}
+
+// readRange reads events from..to from the stream with an ordered
+// consumer and processes them in order. It reports whether it got there.
+func (s *Subscriber) readRange(from, to uint64) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := s.c.JS.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   from,
+	})
+	if err != nil {
+		s.c.Log.Warn("event log read", "sub", s.opts.Name, "from_seq", from, "err", err)
+		return false
+	}
+	for s.LastSeq() < to {
+		batch, err := cons.Fetch(int(min(to-s.LastSeq(), 1000)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			s.c.Log.Warn("event log read", "sub", s.opts.Name, "from_seq", from, "err", err)
+			return false
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			s.logCopy(m.Subject(), m.Headers().Get(MsgIDHeader), m.Data(), meta.Sequence.Stream)
+		}
+		if err := batch.Error(); err != nil && n == 0 {
+			s.c.Log.Warn("event log read", "sub", s.opts.Name, "from_seq", from, "err", err)
+			return false
+		}
+		if n == 0 {
+			// The range ends in events removed from the log.
+			s.mu.Lock()
+			if s.lastSeq < to {
+				s.gap(s.lastSeq+1, to+1)
+				s.advance(to)
+			}
+			s.mu.Unlock()
+		}
+	}
+	return true
 }
 
 // gap handles events from..to-1 missing from the log: it cannot know what
@@ -484,42 +604,14 @@ func DecodeEvent(subjects Subjects, subject string, data []byte) (Event, error) 
 func (s *Subscriber) onConnEvent(ev ConnEvent) {
 	switch ev {
 	case Disconnected, SlowConsumer:
-		s.mu.Lock()
-		if !s.catching {
-			s.catching = true
-			s.c.Log.Info("event log catching up", "sub", s.opts.Name, "seq", s.lastSeq)
+		if !s.catching.Swap(true) {
+			s.c.Log.Info("event log catching up", "sub", s.opts.Name, "seq", s.LastSeq())
 		}
-		s.mu.Unlock()
 		if ev == SlowConsumer {
-			go s.checkCaughtUp()
+			s.requestCheck()
 		}
 	case Reconnected:
-		go s.checkCaughtUp()
-	}
-}
-
-// checkCaughtUp ends catching up at once when the log holds nothing past
-// the last sequence processed, and flushes when what is missing was removed.
-func (s *Subscriber) checkCaughtUp() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	info, err := s.streamInfo(ctx)
-	if err != nil {
-		s.c.Log.Warn("event log position after reconnect", "sub", s.opts.Name, "err", err)
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.lastSeq >= info.State.LastSeq && s.catching {
-		s.catching = false
-		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", s.lastSeq)
-		return
-	}
-	if info.State.FirstSeq > s.lastSeq+1 {
-		// The consumer will jump ahead too; flush now rather than when the
-		// next event arrives, and move on so the jump is not a second gap.
-		s.gap(s.lastSeq+1, info.State.FirstSeq)
-		s.advance(info.State.FirstSeq - 1)
+		s.requestCheck()
 	}
 }
 

@@ -17,6 +17,7 @@ type EventLogConfig struct {
 	MaxAge   time.Duration `envconfig:"EVENTS_MAX_AGE" default:"24h" desc:"how long the event log keeps an event; a member away longer flushes when it returns"`
 	MaxBytes int64         `envconfig:"EVENTS_MAX_BYTES" default:"1073741824" desc:"size limit of the event log in bytes; the oldest events go first"`
 	Replicas int           `envconfig:"EVENTS_REPLICAS" default:"1" desc:"JetStream replicas of the event log (3 on a three-node NATS cluster)"`
+	Storage  string        `envconfig:"EVENTS_STORAGE" default:"file" desc:"where the event log is kept: file, or memory (faster; lost only if every NATS node restarts at once, and members then flush)"`
 }
 
 // EventStreamConfig is the JetStream configuration of the event log.
@@ -24,11 +25,15 @@ func EventStreamConfig(s bus.Subjects, cfg EventLogConfig) jetstream.StreamConfi
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
 	}
+	storage := jetstream.FileStorage
+	if cfg.Storage == "memory" {
+		storage = jetstream.MemoryStorage
+	}
 	return jetstream.StreamConfig{
 		Name:        s.EventStream(),
 		Description: "cachebus event log: expire, seed, fallback and drain",
 		Subjects:    s.Events(),
-		Storage:     jetstream.FileStorage,
+		Storage:     storage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      cfg.MaxAge,
@@ -37,6 +42,9 @@ func EventStreamConfig(s bus.Subjects, cfg EventLogConfig) jetstream.StreamConfi
 		Replicas:    cfg.Replicas,
 		Duplicates:  2 * time.Minute,
 		AllowDirect: true,
+		// Subscribers follow the log by its republication: one core delivery
+		// per event with its sequence, no consumer per subscriber.
+		RePublish: &jetstream.RePublish{Source: ">", Destination: s.LogRepublish()},
 	}
 }
 
@@ -44,6 +52,9 @@ func EventStreamConfig(s bus.Subjects, cfg EventLogConfig) jetstream.StreamConfi
 // It retries while JetStream is not yet available (a cluster electing its
 // meta leader) until ctx ends.
 func EnsureEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstream.Stream, error) {
+	if cfg.Storage != "" && cfg.Storage != "file" && cfg.Storage != "memory" {
+		return nil, fmt.Errorf("persistence: CACHEBUS_EVENTS_STORAGE: want file or memory, got %q", cfg.Storage)
+	}
 	sc := EventStreamConfig(c.Subjects, cfg)
 	return ensure(ctx, c, "event log "+sc.Name, func(ctx context.Context) (jetstream.Stream, error) {
 		return c.JS.CreateOrUpdateStream(ctx, sc)

@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/persistence"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// rig is the servers, connections and subscribers of one run.
+type rig struct {
+	cfg    FanoutConfig
+	log    *slog.Logger
+	srv    *bus.Server
+	url    string
+	server string
+
+	pub         *bus.Conn
+	js          jetstream.JetStream
+	coreSubject string
+	busSubject  string
+	subs        []*benchSub
+
+	corePub, busPub published
+}
+
+// benchSub is one subscriber: a connection carrying a plain core
+// subscription (the core path) and a bus.Subscriber (the bus path).
+type benchSub struct {
+	conn      *bus.Conn
+	raw       *nats.Subscription
+	sub       *bus.Subscriber
+	core, bus recorder
+}
+
+func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
+	r := &rig{cfg: cfg, log: cfg.Log}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if cfg.URL == "" {
+		r.srv, err = bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: -1}, nil)
+		if err != nil {
+			return nil, err
+		}
+		r.url, r.server = r.srv.ClientURL(), ServerEmbedded
+	} else {
+		r.url, r.server = cfg.URL, "external "+redact(cfg.URL)
+	}
+	// The bus logs every applied expire at info; a bench would measure
+	// its log writer. Warnings (slow consumers, gaps) still show.
+	busLog := slog.New(minLevel{cfg.Log.Handler(), slog.LevelWarn})
+	metrics := bus.NewMetrics(nil)
+	connect := func(name string) (*bus.Conn, error) {
+		return bus.Connect(ctx, bus.ConnConfig{URL: r.url, Prefix: cfg.Prefix, Name: name},
+			bus.WithLogger(busLog), bus.WithMetrics(metrics))
+	}
+	if r.pub, err = connect("bench-publisher"); err != nil {
+		return nil, err
+	}
+	if _, err = persistence.EnsureEvents(ctx, r.pub, persistence.EventLogConfig{
+		MaxAge: 15 * time.Minute, MaxBytes: 1 << 30, Replicas: 1, Storage: cfg.Storage,
+	}); err != nil {
+		return nil, err
+	}
+	r.coreSubject = cfg.Prefix + ".benchcore" // captured by no stream
+	r.busSubject = r.pub.Subjects.Expire("bench")
+	r.js, err = jetstream.New(r.pub.NC,
+		jetstream.WithPublishAsyncMaxPending(cfg.Window),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+			r.busPub.logSeq(ack.Sequence)
+			if kind, seq, _, ok := ParseKey(payloadKey(m.Data)); ok && kind == kindMeasured {
+				r.busPub.add(seq)
+			}
+		}),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			r.busPub.failed.Add(1)
+			r.log.Warn("bench publish not acknowledged", "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("bench: jetstream: %w", err)
+	}
+	for i := range cfg.Subscribers {
+		s := &benchSub{}
+		if s.conn, err = connect(fmt.Sprintf("bench-sub-%d", i)); err != nil {
+			return nil, err
+		}
+		r.subs = append(r.subs, s)
+		s.raw, err = s.conn.NC.Subscribe(r.coreSubject, func(m *nats.Msg) {
+			e, err := bus.DecodeExpire(m.Data)
+			if err == nil {
+				s.core.apply(e.Keys, bus.ViaCore)
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bench: subscribe: %w", err)
+		}
+		// The same backlog bound as the bus subscriber's core path.
+		_ = s.raw.SetPendingLimits(1<<16, -1)
+		s.sub, err = bus.Subscribe(ctx, s.conn, &s.bus, bus.SubscriberOptions{Name: fmt.Sprintf("bench-%d", i)})
+		if err != nil {
+			return nil, err
+		}
+		if err = s.conn.NC.Flush(); err != nil {
+			return nil, fmt.Errorf("bench: flush: %w", err)
+		}
+	}
+	r.log.Info("bench ready", "server", r.server, "url", redact(r.url), "subscribers", cfg.Subscribers)
+	return r, nil
+}
+
+func (r *rig) close() {
+	for _, s := range r.subs {
+		if s.sub != nil {
+			s.sub.Close()
+		}
+		if s.raw != nil {
+			_ = s.raw.Unsubscribe()
+		}
+		s.conn.NC.SetDisconnectErrHandler(nil) // closing is not news
+		s.conn.NC.Close()
+	}
+	if r.pub != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := r.pub.JS.DeleteStream(ctx, r.pub.Subjects.EventStream()); err != nil {
+			r.log.Warn("bench event log not deleted", "stream", r.pub.Subjects.EventStream(), "err", err)
+		}
+		cancel()
+		r.pub.NC.SetDisconnectErrHandler(nil)
+		r.pub.NC.Close()
+	}
+	if r.srv != nil {
+		r.srv.Shutdown()
+	}
+}
+
+// publishAsync sends one expire into the event log, as bus.Publisher
+// does but without waiting for the acknowledgement.
+func (r *rig) publishAsync(data []byte) error {
+	m := &nats.Msg{Subject: r.busSubject, Data: data, Header: nats.Header{}}
+	m.Header.Set(bus.MsgIDHeader, nuid.Next())
+	_, err := r.js.PublishMsgAsync(m, jetstream.WithStallWait(r.cfg.Drain))
+	return err
+}
+
+// settle waits, at most Drain, until every subscriber has applied what
+// was published on path.
+func (r *rig) settle(ctx context.Context, path string, kind byte) error {
+	dctx, cancel := context.WithTimeout(ctx, r.cfg.Drain)
+	defer cancel()
+	if err := r.pub.NC.FlushWithContext(dctx); err != nil {
+		return r.drainErr(ctx, "flush", err)
+	}
+	if path == PathBus {
+		select {
+		case <-r.js.PublishAsyncComplete():
+		case <-dctx.Done():
+			return r.drainErr(ctx, "acknowledgements", dctx.Err())
+		}
+		last := r.busPub.maxSeq.Load()
+		for i, s := range r.subs {
+			if err := s.sub.WaitSeq(dctx, last); err != nil {
+				return r.drainErr(ctx, fmt.Sprintf("subscriber %d log position", i), err)
+			}
+		}
+	}
+	if kind != kindMeasured {
+		return nil
+	}
+	want, rec := r.corePub.n.Load(), func(s *benchSub) *recorder { return &s.core }
+	if path == PathBus {
+		want, rec = r.busPub.n.Load(), func(s *benchSub) *recorder { return &s.bus }
+	}
+	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 5*time.Millisecond) {
+		done := true
+		for _, s := range r.subs {
+			if rec(s).n.Load() < want {
+				done = false
+				break
+			}
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-dctx.Done():
+			return r.drainErr(ctx, path+" deliveries", dctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// drainErr lets a run go on, and count what is missing, when the last
+// deliveries of a phase do not arrive; only the caller's end stops it.
+func (r *rig) drainErr(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	r.log.Warn("bench phase did not drain in time", "waiting_for", what, "after", r.cfg.Drain, "err", err)
+	return nil
+}
+
+// redact hides a password in a URL.
+func redact(u string) string {
+	if at := strings.LastIndexByte(u, '@'); at >= 0 {
+		if s := strings.Index(u, "://"); s >= 0 && s < at {
+			return u[:s+3] + "***" + u[at:]
+		}
+	}
+	return u
+}
+
+// minLevel passes on records at or above a level only.
+type minLevel struct {
+	slog.Handler
+	level slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.level}
+}
+
+func (h minLevel) WithGroup(g string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(g), h.level}
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cachebus/cachebus/bench"
+)
+
+// benchConfig configures `cachebus bench`. Every field is also a flag.
+type benchConfig struct {
+	Subscribers int           `envconfig:"BENCH_SUBSCRIBERS" default:"8" desc:"subscribers, each on its own NATS connection"`
+	Rate        int           `envconfig:"BENCH_RATE" default:"10000" desc:"publish rate in messages per second (latency mode)"`
+	Duration    time.Duration `envconfig:"BENCH_DURATION" default:"10s" desc:"time measured per path (latency mode) or flood time (throughput mode)"`
+	Rounds      int           `envconfig:"BENCH_ROUNDS" default:"0" desc:"alternating core/bus rounds per path (0: one per second of duration)"`
+	Throughput  bool          `envconfig:"BENCH_THROUGHPUT" default:"false" desc:"measure keys per second through the event log instead of latency"`
+	Batch       int           `envconfig:"BENCH_BATCH" default:"100" desc:"keys per expire in throughput mode"`
+	Storage     string        `envconfig:"BENCH_STORAGE" default:"file" desc:"event log storage for the bench: file or memory"`
+	Window      int           `envconfig:"BENCH_WINDOW" default:"0" desc:"unacknowledged publishes at most (0: 4096)"`
+	NATS        string        `envconfig:"BENCH_NATS" desc:"URL of an external NATS server with JetStream; empty runs an embedded one in this process"`
+	CPUProfile  string        `envconfig:"BENCH_CPUPROFILE" desc:"write a CPU profile of the run to this file"`
+}
+
+// benchKinds are the benchmarks `cachebus bench <kind>` runs.
+var benchKinds = map[string]func(ctx context.Context, env *runEnv, cfg *benchConfig) error{
+	"fanout": runBenchFanout,
+}
+
+func init() {
+	register(&command{
+		name:    "bench",
+		summary: "measure the bus: fanout (publish→applied latency, core NATS vs the event log, or throughput)",
+		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--throughput] [--batch 100] [--nats URL]",
+		config: func() any {
+			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100}
+		},
+		flags: func(fs *flag.FlagSet, cfgAny any) {
+			cfg := cfgAny.(*benchConfig)
+			fs.IntVar(&cfg.Subscribers, "subscribers", cfg.Subscribers, "subscribers, each on its own NATS connection")
+			fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "publish rate in messages per second (latency mode)")
+			fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "time measured per path, or flood time in throughput mode")
+			fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "alternating core/bus rounds per path (0: one per second)")
+			fs.BoolVar(&cfg.Throughput, "throughput", cfg.Throughput, "measure keys per second through the event log")
+			fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "keys per expire in throughput mode")
+			fs.StringVar(&cfg.Storage, "storage", cfg.Storage, "event log storage: file or memory")
+			fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged publishes at most (0: 4096)")
+			fs.StringVar(&cfg.NATS, "nats", cfg.NATS, "external NATS URL (default: an embedded server)")
+			fs.StringVar(&cfg.CPUProfile, "cpuprofile", cfg.CPUProfile, "write a CPU profile to this file")
+		},
+		run: runBench,
+	})
+}
+
+func runBench(ctx context.Context, env *runEnv, cfgAny any, args []string) error {
+	cfg := cfgAny.(*benchConfig)
+	kinds := make([]string, 0, len(benchKinds))
+	for k := range benchKinds {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	if len(args) != 1 {
+		return usagef("want one benchmark: %s", strings.Join(kinds, ", "))
+	}
+	run, ok := benchKinds[args[0]]
+	if !ok {
+		return usagef("unknown benchmark %q: want %s", args[0], strings.Join(kinds, ", "))
+	}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	return run(ctx, env, cfg)
+}
+
+func runBenchFanout(ctx context.Context, env *runEnv, cfg *benchConfig) error {
+	res, err := bench.Fanout(ctx, bench.FanoutConfig{
+		URL:         cfg.NATS,
+		Subscribers: cfg.Subscribers,
+		Rate:        cfg.Rate,
+		Duration:    cfg.Duration,
+		Rounds:      cfg.Rounds,
+		Throughput:  cfg.Throughput,
+		Batch:       cfg.Batch,
+		Window:      cfg.Window,
+		Storage:     cfg.Storage,
+		Log:         env.log,
+	})
+	if res != nil {
+		if werr := res.WriteText(env.stdout); werr != nil {
+			return werr
+		}
+	}
+	var ce *bench.ConfigError
+	if errors.As(err, &ce) {
+		return usagef("%v", err)
+	}
+	if err != nil {
+		return fmt.Errorf("fanout: %w", err)
+	}
+	return nil
+}
