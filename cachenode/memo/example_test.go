@@ -9,8 +9,10 @@ import (
 	"github.com/cachebus/cachebus/cachenode/memo"
 )
 
-func renderUser(ctx context.Context, id string) ([]byte, error) { return []byte("<h1>" + id + "</h1>"), nil }
-func saveUser(r *http.Request)                                  {}
+func renderUser(ctx context.Context, id string) ([]byte, error) {
+	return []byte("<h1>" + id + "</h1>"), nil
+}
+func saveUser(r *http.Request) {}
 
 // Example_handler is the README's example: a page memoized per user and
 // flushed on every app server when the user is saved.
