@@ -16,11 +16,17 @@
 //     Nats-Msg-Id header into the event log, applied by a bus.Subscriber
 //     (core copy applied at once, log copy paired and dropped).
 //
+// With Memo set, the memo path takes the bus path's place: one
+// memo.Client calls Flush (which waits for the log's acknowledgement) from
+// a small pool of goroutines, and each subscriber is a memo.Client that
+// records the latency when its Observe hook runs, once the flush has
+// reached its memory. That is the figure an app sees.
+//
 // Each path reports p50, p99, p99.9 and max, what every subscriber
-// received, and what was lost (an acknowledged bus event missing at a
-// subscriber is a bug). The throughput mode publishes expires of Batch keys
-// through the event log as fast as acknowledgements allow and reports the
-// keys per second applied at the slowest subscriber.
+// received, and what was lost (an acknowledged bus event or memo flush
+// missing at a subscriber is a bug). The throughput mode publishes
+// expires of Batch keys through the event log as fast as acknowledgements
+// allow and reports the keys per second applied at the slowest subscriber.
 //
 // The server is an embedded nats-server started in this process (clients
 // still reach it over loopback TCP) or an external one by URL; the report

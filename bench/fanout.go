@@ -23,6 +23,7 @@ const ServerEmbedded = "embedded in-process"
 const (
 	PathCore = "core"
 	PathBus  = "bus"
+	PathMemo = "memo"
 )
 
 // FanoutConfig configures Fanout. A zero field takes its default.
@@ -48,6 +49,14 @@ type FanoutConfig struct {
 	// Throughput selects the throughput mode: expires of Batch keys
 	// through the event log as fast as acknowledgements allow.
 	Throughput bool
+	// Memo replaces the bus path of the latency mode by the memo path:
+	// one memo.Client calls Flush at Rate, and Subscribers memo.Clients
+	// record when they have applied it (memo.Options.Observe).
+	Memo bool
+	// Flushers is the number of goroutines calling Flush in memo mode;
+	// each waits for the log's acknowledgement before it takes the next
+	// message, so enough of them keep the rate. Default 16.
+	Flushers int
 	// Batch is the number of keys per expire in throughput mode. Default 100.
 	Batch int
 	// Storage is the event log's storage, "file" (default) or "memory".
@@ -88,6 +97,9 @@ func (c *FanoutConfig) defaults() error {
 	if c.Window == 0 {
 		c.Window = 4096
 	}
+	if c.Flushers == 0 {
+		c.Flushers = 16
+	}
 	if c.Drain == 0 {
 		c.Drain = 10 * time.Second
 		if c.Throughput {
@@ -117,6 +129,10 @@ func (c *FanoutConfig) defaults() error {
 		return configErr("batch", "%d: want 1 to %d keys", c.Batch, bus.MaxItems)
 	case c.Window < 1:
 		return configErr("window", "%d: want at least 1", c.Window)
+	case c.Flushers < 1 || c.Flushers > 1024:
+		return configErr("flushers", "%d: want 1 to 1024", c.Flushers)
+	case c.Memo && c.Throughput:
+		return configErr("memo", "and throughput: the memo mode measures latency only")
 	}
 	if _, err := bus.NewSubjects(c.Prefix); err != nil {
 		return configErr("prefix", "%v", err)
@@ -145,8 +161,9 @@ type FanoutResult struct {
 	URL string
 	// Machine describes the CPUs and how busy they were at the start.
 	Machine Machine
-	// Core and Bus are the latency mode's paths.
-	Core, Bus *PathResult
+	// Core and Bus are the latency mode's paths; in memo mode Memo
+	// takes the place of Bus.
+	Core, Bus, Memo *PathResult
 	// Rounds are the latency mode's rounds, in order.
 	Rounds []Round
 	// Throughput is the throughput mode's result.
@@ -156,7 +173,8 @@ type FanoutResult struct {
 // Round is one alternating round of the latency mode: what each path
 // measured in it, over all subscribers. Comparing the paths round by round
 // keeps a burst of load from elsewhere, which lands in one phase, from
-// deciding the overall ratio.
+// deciding the overall ratio. In memo mode BusP50 and BusP99 are the memo
+// path's.
 type Round struct {
 	CoreP50, CoreP99, BusP50, BusP99 time.Duration
 }
@@ -165,18 +183,19 @@ type Round struct {
 // subscribers.
 type PathResult struct {
 	Name string
-	// Published counts messages published; for the bus path, those the
-	// event log acknowledged.
+	// Published counts messages published; for the bus and memo paths,
+	// those the event log acknowledged.
 	Published uint64
-	// Unacked counts bus publishes that failed or were not acknowledged.
+	// Unacked counts bus publishes, or memo flushes, that failed or were
+	// not acknowledged.
 	Unacked uint64
 	// Expected is Published × subscribers; Received the deliveries of
 	// those, each counted once per subscriber; Lost the difference.
 	Expected, Received, Lost uint64
 	// Duplicates counts a message applied twice by one subscriber.
 	Duplicates uint64
-	// ViaCore and ViaLog count the bus path's events by the copy that
-	// applied them first; Flushes the handler's flushes (gaps).
+	// ViaCore and ViaLog count the bus or memo path's events by the copy
+	// that applied them first; Flushes the handler's flushes (gaps).
 	ViaCore, ViaLog, Flushes uint64
 	// Behind is how late the publisher was on its schedule, at worst.
 	Behind time.Duration
@@ -202,7 +221,8 @@ func (p *PathResult) CPUPerMessage() time.Duration {
 }
 
 // Fanout runs the fan-out benchmark that cfg describes. The result is
-// returned with ErrLost when a bus subscriber missed an acknowledged event.
+// returned with ErrLost when a bus subscriber, or a memo client, missed an
+// acknowledged event.
 func Fanout(ctx context.Context, cfg FanoutConfig) (*FanoutResult, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -220,21 +240,32 @@ func Fanout(ctx context.Context, cfg FanoutConfig) (*FanoutResult, error) {
 		}
 		return res, err
 	}
-	res.Core, res.Bus, res.Rounds, err = r.latency(ctx)
-	if err == nil && res.Bus.Lost > 0 {
-		err = fmt.Errorf("%w: %d deliveries of %d", ErrLost, res.Bus.Lost, res.Bus.Expected)
+	var other *PathResult
+	res.Core, other, res.Rounds, err = r.latency(ctx)
+	if err != nil {
+		return res, err
+	}
+	if cfg.Memo {
+		res.Memo = other
+	} else {
+		res.Bus = other
+	}
+	if other.Lost > 0 {
+		err = fmt.Errorf("%w: %d deliveries of %d", ErrLost, other.Lost, other.Expected)
 	}
 	return res, err
 }
 
-// latency runs the latency mode: warm-up, then the alternating rounds.
+// latency runs the latency mode: warm-up, then the alternating rounds. It
+// returns the core path and the one measured beside it.
 func (r *rig) latency(ctx context.Context) (*PathResult, *PathResult, []Round, error) {
 	cfg := r.cfg
+	other := r.otherPath()
 	perRound := int(math.Round(float64(cfg.Rate) * cfg.Duration.Seconds() / float64(cfg.Rounds)))
 	behind, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 	if cfg.Warmup > 0 {
 		n := int(float64(cfg.Rate) * cfg.Warmup.Seconds())
-		for _, path := range []string{PathCore, PathBus} {
+		for _, path := range []string{PathCore, other} {
 			if _, _, err := r.phase(ctx, path, kindWarmup, 0, n); err != nil {
 				return nil, nil, nil, err
 			}
@@ -243,7 +274,7 @@ func (r *rig) latency(ctx context.Context) (*PathResult, *PathResult, []Round, e
 	next := map[string]uint64{}
 	rounds := make([]Round, cfg.Rounds)
 	for round := range cfg.Rounds {
-		order := []string{PathCore, PathBus}
+		order := []string{PathCore, other}
 		if round%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
@@ -264,11 +295,13 @@ func (r *rig) latency(ctx context.Context) (*PathResult, *PathResult, []Round, e
 		}
 		r.log.Info("bench round done", "round", round+1, "of", cfg.Rounds)
 	}
-	core := r.pathResult(PathCore, func(s *benchSub) *recorder { return &s.core }, &r.corePub)
-	bus := r.pathResult(PathBus, func(s *benchSub) *recorder { return &s.bus }, &r.busPub)
-	core.Behind, bus.Behind = behind[PathCore], behind[PathBus]
-	core.CPU, bus.CPU = cpu[PathCore], cpu[PathBus]
-	return core, bus, rounds, nil
+	core, res := r.pathResult(PathCore), r.pathResult(other)
+	core.Behind, res.Behind = behind[PathCore], behind[other]
+	core.CPU, res.CPU = cpu[PathCore], cpu[other]
+	if other == PathMemo {
+		res.Flushes = r.memoGapFlushes()
+	}
+	return core, res, rounds, nil
 }
 
 // phase publishes n messages on one path at the configured rate, then
@@ -308,21 +341,24 @@ func (r *rig) phase(ctx context.Context, path string, kind byte, first uint64, n
 			}
 			return nil
 		}
+	case PathMemo:
+		return r.memoPhase(ctx, kind, first, n)
 	}
 	_, behind, err := Pace(ctx, float64(r.cfg.Rate), n, sendF)
 	if err != nil {
 		return behind, nil, err
 	}
+	return r.endPhase(ctx, path, kind, behind)
+}
+
+// endPhase waits for the phase's deliveries and gathers its latencies.
+func (r *rig) endPhase(ctx context.Context, path string, kind byte, behind time.Duration) (time.Duration, *Histogram, error) {
 	if err := r.settle(ctx, path, kind); err != nil {
 		return behind, nil, err
 	}
 	h := &Histogram{}
 	for _, s := range r.subs {
-		rec := &s.core
-		if path == PathBus {
-			rec = &s.bus
-		}
-		rec.takePhase(h)
+		s.rec(path).takePhase(h)
 	}
 	if kind == kindMeasured {
 		r.log.Info("bench phase", "path", path, "p50_us", us(h.Quantile(0.5)), "p99_us", us(h.Quantile(0.99)),
@@ -332,12 +368,13 @@ func (r *rig) phase(ctx context.Context, path string, kind byte, first uint64, n
 }
 
 // pathResult gathers what every subscriber recorded on one path.
-func (r *rig) pathResult(name string, rec func(*benchSub) *recorder, pub *published) *PathResult {
-	res := &PathResult{Name: name, Latency: &Histogram{}, ByLog: &Histogram{}, Unacked: pub.failed.Load()}
+func (r *rig) pathResult(path string) *PathResult {
+	pub := r.sent(path)
+	res := &PathResult{Name: path, Latency: &Histogram{}, ByLog: &Histogram{}, Unacked: pub.failed.Load()}
 	pub.mu.Lock()
 	res.Published = pub.set.countAnd(pub.set)
 	for _, s := range r.subs {
-		rc := rec(s)
+		rc := s.rec(path)
 		rc.mu.Lock()
 		res.Received += rc.seen.countAnd(pub.set)
 		res.Duplicates += rc.dups

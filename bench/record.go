@@ -29,10 +29,7 @@ const payloadHead = `{"v":1,"keys":["`
 // on every path, so that every path decodes the same bytes.
 func AppendPayload(buf []byte, kind byte, seq uint64, sent time.Time, batch int) []byte {
 	buf = append(buf, payloadHead...)
-	buf = append(buf, kind, ':')
-	buf = strconv.AppendUint(buf, seq, 10)
-	buf = append(buf, ':')
-	buf = strconv.AppendInt(buf, sent.UnixNano(), 10)
+	buf = AppendKey(buf, kind, seq, sent)
 	buf = append(buf, '"')
 	base := seq * uint64(batch)
 	for i := 1; i < batch; i++ {
@@ -41,6 +38,15 @@ func AppendPayload(buf []byte, kind byte, seq uint64, sent time.Time, batch int)
 		buf = append(buf, '"')
 	}
 	return append(buf, `],"origin":"bench"}`...)
+}
+
+// AppendKey appends the first key of message seq, sent at sent, to buf:
+// the key ParseKey reads.
+func AppendKey(buf []byte, kind byte, seq uint64, sent time.Time) []byte {
+	buf = append(buf, kind, ':')
+	buf = strconv.AppendUint(buf, seq, 10)
+	buf = append(buf, ':')
+	return strconv.AppendInt(buf, sent.UnixNano(), 10)
 }
 
 // ParseKey reads the first key of a bench message.

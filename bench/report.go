@@ -38,13 +38,16 @@ func Ratio(a, b time.Duration) float64 {
 }
 
 // WriteText prints the result as a table. In latency mode its last lines
-// are the bus/core ratios of p99.9, p50 and p99.
+// are the bus/core (memo/core in memo mode) ratios of p99.9, p50 and p99.
 func (r *FanoutResult) WriteText(w io.Writer) error {
 	var b strings.Builder
 	c := r.Config
 	if r.Throughput != nil {
 		fmt.Fprintf(&b, "cachebus bench fanout --throughput: %d subscribers, expires of %d keys through the event log for %s, %d unacknowledged at most\n",
 			c.Subscribers, c.Batch, c.Duration, c.Window)
+	} else if c.Memo {
+		fmt.Fprintf(&b, "cachebus bench fanout --memo: Flush on one memo client (%d goroutines) → applied on %d others, beside core NATS to %d subscribers; %d msg/s, %s per path in %d alternating rounds (after %s warm-up each)\n",
+			c.Flushers, c.Subscribers, c.Subscribers, c.Rate, c.Duration, c.Rounds, max(c.Warmup, 0))
 	} else {
 		fmt.Fprintf(&b, "cachebus bench fanout: %d subscribers, %d msg/s, %s per path in %d alternating rounds (after %s warm-up each)\n",
 			c.Subscribers, c.Rate, c.Duration, c.Rounds, max(c.Warmup, 0))
@@ -75,34 +78,40 @@ func spread(xs []float64) string {
 	return fmt.Sprintf("%.2f (%.2f–%.2f)", med, s[0], s[len(s)-1])
 }
 
+// writeLatency prints the core path beside the other one: the bus, or in
+// memo mode the memo clients.
 func writeLatency(b *strings.Builder, r *FanoutResult) {
-	core, bus := r.Core, r.Bus
+	core, p := r.Core, r.Bus
+	if r.Memo != nil {
+		p = r.Memo
+	}
+	name := p.Name
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	LatencyHeader(tw)
 	LatencyRow(tw, core.Name, core.Published, core.Expected, core.Received, core.Lost, core.Duplicates, -1, core.Latency)
-	LatencyRow(tw, bus.Name, bus.Published, bus.Expected, bus.Received, bus.Lost, bus.Duplicates, int64(bus.Unacked), bus.Latency)
+	LatencyRow(tw, name, p.Published, p.Expected, p.Received, p.Lost, p.Duplicates, int64(p.Unacked), p.Latency)
 	_ = tw.Flush()
-	fmt.Fprintf(b, "\nslowest subscriber p99: core %s µs, bus %s µs; publisher behind schedule at worst: core %s, bus %s\n",
-		us(core.WorstP99), us(bus.WorstP99), core.Behind.Round(time.Microsecond), bus.Behind.Round(time.Microsecond))
-	fmt.Fprintf(b, "bus: applied first from core %d, from the log %d (p50 %s µs, p99 %s µs); gap flushes %d\n",
-		bus.ViaCore, bus.ViaLog, us(bus.ByLog.Quantile(0.5)), us(bus.ByLog.Quantile(0.99)), bus.Flushes)
-	fmt.Fprintf(b, "CPU of this process per message published: core %s µs, bus %s µs (%.2f×)\n",
-		us(core.CPUPerMessage()), us(bus.CPUPerMessage()), Ratio(bus.CPUPerMessage(), core.CPUPerMessage()))
+	fmt.Fprintf(b, "\nslowest subscriber p99: core %s µs, %s %s µs; publisher behind schedule at worst: core %s, %s %s\n",
+		us(core.WorstP99), name, us(p.WorstP99), core.Behind.Round(time.Microsecond), name, p.Behind.Round(time.Microsecond))
+	fmt.Fprintf(b, "%s: applied first from core %d, from the log %d (p50 %s µs, p99 %s µs); gap flushes %d\n",
+		name, p.ViaCore, p.ViaLog, us(p.ByLog.Quantile(0.5)), us(p.ByLog.Quantile(0.99)), p.Flushes)
+	fmt.Fprintf(b, "CPU of this process per message published: core %s µs, %s %s µs (%.2f×)\n",
+		us(core.CPUPerMessage()), name, us(p.CPUPerMessage()), Ratio(p.CPUPerMessage(), core.CPUPerMessage()))
 	if len(r.Rounds) > 1 {
 		var p50s, p99s []float64
 		for _, rd := range r.Rounds {
 			p50s = append(p50s, Ratio(rd.BusP50, rd.CoreP50))
 			p99s = append(p99s, Ratio(rd.BusP99, rd.CoreP99))
 		}
-		fmt.Fprintf(b, "per round, bus/core (median, min–max of %d rounds): p50 %s, p99 %s\n",
-			len(r.Rounds), spread(p50s), spread(p99s))
+		fmt.Fprintf(b, "per round, %s/core (median, min–max of %d rounds): p50 %s, p99 %s\n",
+			name, len(r.Rounds), spread(p50s), spread(p99s))
 	}
-	if bus.Lost > 0 {
-		fmt.Fprintf(b, "LOST: %d acknowledged deliveries never applied\n", bus.Lost)
+	if p.Lost > 0 {
+		fmt.Fprintf(b, "LOST: %d acknowledged deliveries never applied\n", p.Lost)
 	}
-	fmt.Fprintf(b, "\np99.9 ratio bus/core: %.2f\n", Ratio(bus.Latency.Quantile(0.999), core.Latency.Quantile(0.999)))
-	fmt.Fprintf(b, "p50 ratio bus/core: %.2f\n", Ratio(bus.Latency.Quantile(0.50), core.Latency.Quantile(0.50)))
-	fmt.Fprintf(b, "p99 ratio bus/core: %.2f\n", Ratio(bus.Latency.Quantile(0.99), core.Latency.Quantile(0.99)))
+	fmt.Fprintf(b, "\np99.9 ratio %s/core: %.2f\n", name, Ratio(p.Latency.Quantile(0.999), core.Latency.Quantile(0.999)))
+	fmt.Fprintf(b, "p50 ratio %s/core: %.2f\n", name, Ratio(p.Latency.Quantile(0.50), core.Latency.Quantile(0.50)))
+	fmt.Fprintf(b, "p99 ratio %s/core: %.2f\n", name, Ratio(p.Latency.Quantile(0.99), core.Latency.Quantile(0.99)))
 }
 
 func writeThroughput(b *strings.Builder, t *ThroughputResult) {

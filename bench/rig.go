@@ -2,16 +2,19 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/cachenode/memo"
 	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // rig is the servers, connections and subscribers of one run.
@@ -28,16 +31,53 @@ type rig struct {
 	busSubject  string
 	subs        []*benchSub
 
-	corePub, busPub published
+	// Memo mode: the client that flushes, on its own connection.
+	flusherConn *bus.Conn
+	flusher     *memo.Client
+
+	corePub, busPub, memoPub published
 }
 
 // benchSub is one subscriber: a connection carrying a plain core
-// subscription (the core path) and a bus.Subscriber (the bus path).
+// subscription (the core path) and a bus.Subscriber (the bus path), or in
+// memo mode a memo.Client (the memo path).
 type benchSub struct {
-	conn      *bus.Conn
-	raw       *nats.Subscription
-	sub       *bus.Subscriber
-	core, bus recorder
+	conn            *bus.Conn
+	raw             *nats.Subscription
+	sub             *bus.Subscriber
+	client          *memo.Client
+	reg             *prometheus.Registry // the memo client's metrics
+	core, bus, memo recorder
+}
+
+// rec is what s recorded on path.
+func (s *benchSub) rec(path string) *recorder {
+	switch path {
+	case PathCore:
+		return &s.core
+	case PathMemo:
+		return &s.memo
+	}
+	return &s.bus
+}
+
+// sent is what was published on path.
+func (r *rig) sent(path string) *published {
+	switch path {
+	case PathCore:
+		return &r.corePub
+	case PathMemo:
+		return &r.memoPub
+	}
+	return &r.busPub
+}
+
+// otherPath is the path measured beside core.
+func (r *rig) otherPath() string {
+	if r.cfg.Memo {
+		return PathMemo
+	}
+	return PathBus
 }
 
 func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
@@ -106,7 +146,11 @@ func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
 		}
 		// The same backlog bound as the bus subscriber's core path.
 		_ = s.raw.SetPendingLimits(1<<16, -1)
-		s.sub, err = bus.Subscribe(ctx, s.conn, &s.bus, bus.SubscriberOptions{Name: fmt.Sprintf("bench-%d", i)})
+		if cfg.Memo {
+			err = r.startReceiver(ctx, s, i)
+		} else {
+			s.sub, err = bus.Subscribe(ctx, s.conn, &s.bus, bus.SubscriberOptions{Name: fmt.Sprintf("bench-%d", i)})
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -114,14 +158,33 @@ func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
 			return nil, fmt.Errorf("bench: flush: %w", err)
 		}
 	}
-	r.log.Info("bench ready", "server", r.server, "url", redact(r.url), "subscribers", cfg.Subscribers)
+	if cfg.Memo {
+		if r.flusherConn, err = connect("bench-memo-flusher"); err != nil {
+			return nil, err
+		}
+		r.flusher, err = memo.New(ctx, r.flusherConn, memo.Options{Namespace: memoNamespace, ID: "bench-memo-flusher"})
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.log.Info("bench ready", "server", r.server, "url", redact(r.url), "subscribers", cfg.Subscribers, "memo", cfg.Memo)
 	return r, nil
 }
 
 func (r *rig) close() {
+	if r.flusher != nil {
+		_ = r.flusher.Close()
+	}
+	if r.flusherConn != nil {
+		r.flusherConn.NC.SetDisconnectErrHandler(nil)
+		r.flusherConn.NC.Close()
+	}
 	for _, s := range r.subs {
 		if s.sub != nil {
 			s.sub.Close()
+		}
+		if s.client != nil {
+			_ = s.client.Close()
 		}
 		if s.raw != nil {
 			_ = s.raw.Unsubscribe()
@@ -133,6 +196,12 @@ func (r *rig) close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := r.pub.JS.DeleteStream(ctx, r.pub.Subjects.EventStream()); err != nil {
 			r.log.Warn("bench event log not deleted", "stream", r.pub.Subjects.EventStream(), "err", err)
+		}
+		if r.cfg.Memo {
+			// The memo clients made the cluster state bucket.
+			if err := r.pub.JS.DeleteKeyValue(ctx, r.pub.Subjects.StateBucket()); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+				r.log.Warn("bench state bucket not deleted", "bucket", r.pub.Subjects.StateBucket(), "err", err)
+			}
 		}
 		cancel()
 		r.pub.NC.SetDisconnectErrHandler(nil)
@@ -157,7 +226,11 @@ func (r *rig) publishAsync(data []byte) error {
 func (r *rig) settle(ctx context.Context, path string, kind byte) error {
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.Drain)
 	defer cancel()
-	if err := r.pub.NC.FlushWithContext(dctx); err != nil {
+	pubConn := r.pub
+	if path == PathMemo {
+		pubConn = r.flusherConn
+	}
+	if err := pubConn.NC.FlushWithContext(dctx); err != nil {
 		return r.drainErr(ctx, "flush", err)
 	}
 	if path == PathBus {
@@ -173,17 +246,22 @@ func (r *rig) settle(ctx context.Context, path string, kind byte) error {
 			}
 		}
 	}
+	if path == PathMemo {
+		// Every Flush has returned: the log holds them all.
+		for i, s := range r.subs {
+			if err := s.client.Sync(dctx); err != nil {
+				return r.drainErr(ctx, fmt.Sprintf("memo client %d log position", i), err)
+			}
+		}
+	}
 	if kind != kindMeasured {
 		return nil
 	}
-	want, rec := r.corePub.n.Load(), func(s *benchSub) *recorder { return &s.core }
-	if path == PathBus {
-		want, rec = r.busPub.n.Load(), func(s *benchSub) *recorder { return &s.bus }
-	}
+	want := r.sent(path).n.Load()
 	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 5*time.Millisecond) {
 		done := true
 		for _, s := range r.subs {
-			if rec(s).n.Load() < want {
+			if s.rec(path).n.Load() < want {
 				done = false
 				break
 			}

@@ -50,7 +50,7 @@ func (r *rig) throughput(ctx context.Context) (*ThroughputResult, error) {
 	if err := r.settle(ctx, PathBus, kindMeasured); err != nil {
 		return nil, err
 	}
-	p := r.pathResult(PathBus, func(s *benchSub) *recorder { return &s.bus }, &r.busPub)
+	p := r.pathResult(PathBus)
 	res := &ThroughputResult{
 		Batch: cfg.Batch, Published: p.Published, Unacked: p.Unacked, PublishTime: pubTime,
 		Expected: p.Expected, Received: p.Received, Lost: p.Lost, Duplicates: p.Duplicates,

@@ -11,6 +11,10 @@ import (
 	"github.com/nats-io/nuid"
 )
 
+// OriginHeader carries the sender's origin id beside the payload, so a
+// subscriber can skip its own events without decoding them.
+const OriginHeader = "Cachebus-Origin"
+
 // MsgIDHeader is the header that carries a publish's unique id. The event
 // log deduplicates retries by it, and subscribers pair the core and log
 // copies of one event by it.
@@ -128,6 +132,9 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) (u
 	msg := nats.NewMsg(subject)
 	msg.Data = data
 	msg.Header.Set(MsgIDHeader, nuid.Next())
+	if p.origin != "" {
+		msg.Header.Set(OriginHeader, p.origin)
+	}
 	kind := subject
 	if t, err := p.c.Subjects.Parse(subject); err == nil {
 		kind = t.Kind

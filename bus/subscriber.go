@@ -337,7 +337,7 @@ func (s *Subscriber) onCore(m *nats.Msg) {
 		s.metrics.duplicate(s.c.Metrics, ViaCore).Inc()
 		return
 	}
-	s.dispatch(m.Subject, m.Data, 0, ViaCore)
+	s.dispatch(m.Subject, m.Data, m.Header.Get(OriginHeader), 0, ViaCore)
 }
 
 // onLog handles a republished copy: the stored event with its sequence.
@@ -361,11 +361,11 @@ func (s *Subscriber) onLog(m *nats.Msg) {
 			s.requestCheck() // the stream did not answer; try again soon
 		}
 	}
-	s.logCopy(subject, m.Header.Get(MsgIDHeader), m.Data, seq)
+	s.logCopy(subject, m.Header, m.Data, seq)
 }
 
 // logCopy processes the log's copy of event seq.
-func (s *Subscriber) logCopy(subject, msgID string, data []byte, seq uint64) {
+func (s *Subscriber) logCopy(subject string, h nats.Header, data []byte, seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if seq <= s.lastSeq {
@@ -376,8 +376,8 @@ func (s *Subscriber) logCopy(subject, msgID string, data []byte, seq uint64) {
 	}
 	// While catching up, core copies are dropped unrecorded, so a log copy
 	// pairs only with a core copy applied before the disconnect.
-	if s.pairs.arrive(s.pairs.key(subject, msgID, data), false, !s.catching.Load()) {
-		s.dispatch(subject, data, seq, ViaLog)
+	if s.pairs.arrive(s.pairs.key(subject, h.Get(MsgIDHeader), data), false, !s.catching.Load()) {
+		s.dispatch(subject, data, h.Get(OriginHeader), seq, ViaLog)
 	} else {
 		s.metrics.duplicate(s.c.Metrics, ViaLog).Inc()
 	}
@@ -437,7 +437,7 @@ func (s *Subscriber) readRange(from, to uint64) bool {
 			if err != nil {
 				continue
 			}
-			s.logCopy(m.Subject(), m.Headers().Get(MsgIDHeader), m.Data(), meta.Sequence.Stream)
+			s.logCopy(m.Subject(), m.Headers(), m.Data(), meta.Sequence.Stream)
 		}
 		if err := batch.Error(); err != nil && n == 0 {
 			s.c.Log.Warn("event log read", "sub", s.opts.Name, "from_seq", from, "err", err)
@@ -475,8 +475,17 @@ func (s *Subscriber) advance(seq uint64) {
 }
 
 // dispatch decodes one message and hands it to the handler, or logs and
-// counts why it was rejected. Called with s.mu held.
-func (s *Subscriber) dispatch(subject string, data []byte, seq uint64, via string) {
+// counts why it was rejected. Called with s.mu held. What the handler
+// would not be given (its own events, other namespaces) is not decoded.
+func (s *Subscriber) dispatch(subject string, data []byte, origin string, seq uint64, via string) {
+	if s.opts.Self != "" && origin == s.opts.Self {
+		return // applied locally when it was sent
+	}
+	if s.filter != nil {
+		if t, err := s.c.Subjects.Parse(subject); err == nil && t.NS != "" && !s.filter[t.NS] {
+			return
+		}
+	}
 	ev, err := DecodeEvent(s.c.Subjects, subject, data)
 	if err != nil {
 		s.c.Metrics.Rejected.WithLabelValues(kindOf(s.c.Subjects, subject), Reason(err)).Inc()
@@ -484,12 +493,9 @@ func (s *Subscriber) dispatch(subject string, data []byte, seq uint64, via strin
 			"bytes", len(data), "err", err)
 		return
 	}
-	if s.filter != nil && ev.NS != "" && !s.filter[ev.NS] {
-		return
-	}
 	ev.Seq, ev.Via = seq, via
 	if s.opts.Self != "" && ev.Origin() == s.opts.Self {
-		return // applied locally when it was sent
+		return // sent by this member without the origin header
 	}
 	s.h.Apply(ev)
 	s.metrics.applied(s.c.Metrics, ev.Kind, via).Inc()

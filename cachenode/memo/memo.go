@@ -35,6 +35,11 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Log receives what the client does; nil uses the connection's logger.
 	Log *slog.Logger
+	// Observe, when set, is called after an event from a peer is applied
+	// to this client's memory (for logs, metrics and benchmarks): an
+	// expire, or a seed the store accepted. The client's own events are
+	// not observed. It runs on the bus's delivery goroutine, keep it short.
+	Observe func(bus.Event)
 }
 
 // Client is a memoization cache coherent with its peers.
@@ -50,6 +55,7 @@ type Client struct {
 	follower *persistence.Follower
 	group    singleflight.Group
 	m        *metrics
+	observe  func(bus.Event)
 }
 
 // New starts a client on conn: it subscribes to the namespace's events
@@ -71,7 +77,7 @@ func New(ctx context.Context, conn *bus.Conn, opts Options) (*Client, error) {
 	if opts.Log == nil {
 		opts.Log = conn.Log
 	}
-	c := &Client{conn: conn, ns: opts.Namespace, id: opts.ID, codec: opts.Codec,
+	c := &Client{conn: conn, ns: opts.Namespace, id: opts.ID, codec: opts.Codec, observe: opts.Observe,
 		log: opts.Log.With("ns", opts.Namespace, "memo", opts.ID)}
 	c.store = cachenode.NewStore(cachenode.StoreConfig{MaxMB: opts.MaxMB, MaxTTL: opts.MaxTTL,
 		StaleGrace: opts.StaleGrace, Log: c.log})
@@ -290,6 +296,11 @@ func (h handler) Apply(ev bus.Event) {
 			return
 		}
 		c.m.seedsApplied.WithLabelValues(originLabel(ev.Seed.Origin)).Inc()
+	default:
+		return
+	}
+	if c.observe != nil {
+		c.observe(ev)
 	}
 }
 

@@ -19,8 +19,10 @@ type benchConfig struct {
 	Subscribers int           `envconfig:"BENCH_SUBSCRIBERS" default:"8" desc:"subscribers, each on its own NATS connection"`
 	Rate        int           `envconfig:"BENCH_RATE" default:"10000" desc:"publish rate in messages per second (latency mode)"`
 	Duration    time.Duration `envconfig:"BENCH_DURATION" default:"10s" desc:"time measured per path (latency mode) or flood time (throughput mode)"`
-	Rounds      int           `envconfig:"BENCH_ROUNDS" default:"0" desc:"alternating core/bus rounds per path (0: one per second of duration)"`
+	Rounds      int           `envconfig:"BENCH_ROUNDS" default:"0" desc:"alternating core/bus (or core/memo) rounds per path (0: one per second of duration)"`
 	Throughput  bool          `envconfig:"BENCH_THROUGHPUT" default:"false" desc:"measure keys per second through the event log instead of latency"`
+	Memo        bool          `envconfig:"BENCH_MEMO" default:"false" desc:"measure memo.Client Flush on one client, applied on the others, instead of the bus path"`
+	Flushers    int           `envconfig:"BENCH_FLUSHERS" default:"0" desc:"goroutines calling Flush in memo mode (0: 16)"`
 	Batch       int           `envconfig:"BENCH_BATCH" default:"100" desc:"keys per expire in throughput mode"`
 	Storage     string        `envconfig:"BENCH_STORAGE" default:"file" desc:"event log storage for the bench: file or memory"`
 	Window      int           `envconfig:"BENCH_WINDOW" default:"0" desc:"unacknowledged publishes at most (0: 4096)"`
@@ -36,8 +38,8 @@ var benchKinds = map[string]func(ctx context.Context, env *runEnv, cfg *benchCon
 func init() {
 	register(&command{
 		name:    "bench",
-		summary: "measure the bus: fanout (publish→applied latency, core NATS vs the event log, or throughput)",
-		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--throughput] [--batch 100] [--nats URL]",
+		summary: "measure the bus: fanout (publish→applied latency, core NATS vs the event log or memo clients, or throughput)",
+		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]",
 		config: func() any {
 			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100}
 		},
@@ -46,8 +48,10 @@ func init() {
 			fs.IntVar(&cfg.Subscribers, "subscribers", cfg.Subscribers, "subscribers, each on its own NATS connection")
 			fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "publish rate in messages per second (latency mode)")
 			fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "time measured per path, or flood time in throughput mode")
-			fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "alternating core/bus rounds per path (0: one per second)")
+			fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "alternating core/bus (or core/memo) rounds per path (0: one per second)")
 			fs.BoolVar(&cfg.Throughput, "throughput", cfg.Throughput, "measure keys per second through the event log")
+			fs.BoolVar(&cfg.Memo, "memo", cfg.Memo, "measure Flush on one memo client applied on the others, beside core NATS")
+			fs.IntVar(&cfg.Flushers, "flushers", cfg.Flushers, "goroutines calling Flush in memo mode (0: 16)")
 			fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "keys per expire in throughput mode")
 			fs.StringVar(&cfg.Storage, "storage", cfg.Storage, "event log storage: file or memory")
 			fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged publishes at most (0: 4096)")
@@ -94,6 +98,8 @@ func runBenchFanout(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		Duration:    cfg.Duration,
 		Rounds:      cfg.Rounds,
 		Throughput:  cfg.Throughput,
+		Memo:        cfg.Memo,
+		Flushers:    cfg.Flushers,
 		Batch:       cfg.Batch,
 		Window:      cfg.Window,
 		Storage:     cfg.Storage,
