@@ -1,0 +1,624 @@
+//go:build unix
+
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// natsNode is one `cachebus nats` process of a test cluster.
+type natsNode struct {
+	name     string
+	url      string // nats://127.0.0.1:port
+	httpAddr string // CACHEBUS_HTTP_ADDR: /healthz, /readyz, /metrics
+	env      map[string]string
+	p        *proc
+}
+
+// natsCluster is a NATS cluster of `cachebus nats` processes with
+// JetStream replicas 3, each on free ports with its own store directory.
+type natsCluster struct {
+	t     *testing.T
+	nodes []*natsNode
+}
+
+func startCluster(t *testing.T, size int) *natsCluster {
+	t.Helper()
+	c := &natsCluster{t: t}
+	routes := make([]string, size)
+	for i := range size {
+		routes[i] = "nats://" + freeAddr(t)
+	}
+	for i := range size {
+		n := &natsNode{name: fmt.Sprintf("n%d", i+1), httpAddr: freeAddr(t)}
+		port := freePort(t)
+		n.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
+		var peers []string
+		for j, r := range routes {
+			if j != i {
+				peers = append(peers, r)
+			}
+		}
+		n.env = map[string]string{
+			"CACHEBUS_NATS_HOST":           "127.0.0.1",
+			"CACHEBUS_NATS_PORT":           fmt.Sprint(port),
+			"CACHEBUS_NATS_SERVER_NAME":    n.name,
+			"CACHEBUS_NATS_STORE_DIR":      t.TempDir(),
+			"CACHEBUS_NATS_CLUSTER_NAME":   "e2e",
+			"CACHEBUS_NATS_CLUSTER_LISTEN": strings.TrimPrefix(routes[i], "nats://"),
+			"CACHEBUS_NATS_ROUTES":         strings.Join(peers, ","),
+			"CACHEBUS_EVENTS_REPLICAS":     "3",
+			"CACHEBUS_STATE_REPLICAS":      "3",
+			"CACHEBUS_HTTP_ADDR":           n.httpAddr,
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	for _, n := range c.nodes {
+		c.start(n)
+	}
+	for _, n := range c.nodes {
+		waitListening(t, 30*time.Second, n.name, strings.TrimPrefix(n.url, "nats://"), n.p)
+	}
+	return c
+}
+
+// start starts (or restarts, with the same ports and store) node n.
+func (c *natsCluster) start(n *natsNode) {
+	c.t.Helper()
+	n.p = startProc(c.t, n.name, n.env, "nats")
+}
+
+// URLs is the comma-separated client URL list of every node.
+func (c *natsCluster) URLs() string {
+	urls := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		urls[i] = n.url
+	}
+	return strings.Join(urls, ",")
+}
+
+func (c *natsCluster) node(name string) *natsNode {
+	c.t.Helper()
+	for _, n := range c.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("no node named %q in the cluster", name)
+	return nil
+}
+
+// connectFirst connects to n, and to the other nodes only when n is gone.
+func (c *natsCluster) connectFirst(t *testing.T, n *natsNode) *bus.Conn {
+	t.Helper()
+	urls := []string{n.url}
+	for _, m := range without(c.nodes, n) {
+		urls = append(urls, m.url)
+	}
+	conn := bustest.Connect(t, strings.Join(urls, ","), bus.WithLogger(warnLogger(t)),
+		bus.WithNATSOptions(nats.DontRandomize()))
+	if got := conn.NC.ConnectedServerName(); got != n.name {
+		t.Fatalf("connected to %s, want %s", got, n.name)
+	}
+	return conn
+}
+
+// waitReady waits until the node answers 200 on /readyz: its server is up
+// and the event log and the state bucket exist.
+func (n *natsNode) waitReady(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	var code int
+	var body string
+	defer func() {
+		if code != 200 {
+			t.Logf("%s: last GET /readyz = %d %s", n.name, code, body)
+		}
+	}()
+	bustest.WaitFor(t, timeout, n.name+" /readyz = 200", func() bool {
+		if n.p.Exited() {
+			t.Fatalf("%s exited (%s) before it was ready", n.name, n.p.status())
+		}
+		code, body = httpGet("http://" + n.httpAddr + "/readyz")
+		return code == 200
+	})
+}
+
+// eventLog waits until every node is ready, which means the cluster has a
+// JetStream meta leader and the nodes have created the event log and the
+// state bucket, and checks that both have three replicas.
+func (c *natsCluster) eventLog(conn *bus.Conn) jetstream.Stream {
+	t := c.t
+	t.Helper()
+	for _, n := range c.nodes {
+		n.waitReady(t, 60*time.Second)
+		if code, body := httpGet("http://" + n.httpAddr + "/healthz"); code != 200 {
+			t.Errorf("%s: GET /healthz = %d %q, want 200", n.name, code, body)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := conn.JS.Stream(ctx, conn.Subjects.EventStream())
+	if err != nil {
+		t.Fatalf("event log after every node is ready: %v", err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatalf("event log info: %v", err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Errorf("event log has %d replicas, want 3 (CACHEBUS_EVENTS_REPLICAS=3)", info.Config.Replicas)
+	}
+	kv, err := conn.JS.KeyValue(ctx, conn.Subjects.StateBucket())
+	if err != nil {
+		t.Fatalf("state bucket after every node is ready: %v", err)
+	}
+	status, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatalf("state bucket status: %v", err)
+	}
+	if r := status.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Replicas; r != 3 {
+		t.Errorf("state bucket has %d replicas, want 3 (CACHEBUS_STATE_REPLICAS=3)", r)
+	}
+	return st
+}
+
+// clusterInfo returns the event log's cluster view, retrying through
+// leader elections for at most 10s.
+func clusterInfo(t *testing.T, st jetstream.Stream) *jetstream.ClusterInfo {
+	t.Helper()
+	var ci *jetstream.ClusterInfo
+	bustest.WaitFor(t, 10*time.Second, "event log info", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		info, err := st.Info(ctx)
+		if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
+			return false
+		}
+		ci = info.Cluster
+		return true
+	})
+	return ci
+}
+
+// allCurrent reports whether the log has a leader and two replicas that are
+// online and current, the three being the nodes of the cluster.
+func allCurrent(ci *jetstream.ClusterInfo, names ...string) bool {
+	if ci == nil || ci.Leader == "" || len(ci.Replicas) != len(names)-1 {
+		return false
+	}
+	seen := map[string]bool{ci.Leader: true}
+	for _, r := range ci.Replicas {
+		if !r.Current || r.Offline {
+			return false
+		}
+		seen[r.Name] = true
+	}
+	for _, n := range names {
+		if !seen[n] {
+			return false
+		}
+	}
+	return true
+}
+
+func describe(ci *jetstream.ClusterInfo) string {
+	if ci == nil {
+		return "no cluster info"
+	}
+	parts := []string{"leader " + ci.Leader}
+	for _, r := range ci.Replicas {
+		parts = append(parts, fmt.Sprintf("%s current=%v offline=%v lag=%d active=%s",
+			r.Name, r.Current, r.Offline, r.Lag, r.Active.Round(time.Millisecond)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// publishExpires publishes one expire per key through the guaranteed path
+// and returns their sequences in the log. The publisher retries each one
+// until the log acknowledges it, within ctx.
+func publishExpires(ctx context.Context, t *testing.T, pub *bus.Publisher, keys []string) []uint64 {
+	t.Helper()
+	seqs, err := publishAll(ctx, pub, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seqs
+}
+
+func publishAll(ctx context.Context, pub *bus.Publisher, keys []string) ([]uint64, error) {
+	seqs := make([]uint64, 0, len(keys))
+	for _, k := range keys {
+		seq, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{k}})
+		if err != nil {
+			return seqs, fmt.Errorf("%s: publish expire %s: %w", pub.Origin(), k, err)
+		}
+		if n := len(seqs); n > 0 && seq <= seqs[n-1] {
+			return seqs, fmt.Errorf("%s: expire %s acknowledged at seq %d, after seq %d: the log went back", pub.Origin(), k, seq, seqs[n-1])
+		}
+		seqs = append(seqs, seq)
+	}
+	return seqs, nil
+}
+
+func userKeys(from, to int) []string { return prefixedKeys("user", from, to) }
+
+func prefixedKeys(prefix string, from, to int) []string {
+	keys := make([]string, 0, to-from)
+	for i := from; i < to; i++ {
+		keys = append(keys, fmt.Sprintf("%s:%03d", prefix, i))
+	}
+	return keys
+}
+
+// source is one publisher of a test and what it has sent: expires of keys
+// named after it, in order.
+type source struct {
+	name string
+	conn *bus.Conn
+	pub  *bus.Publisher
+	keys []string
+	seqs []uint64
+}
+
+func newSource(t *testing.T, name string, conn *bus.Conn) *source {
+	t.Helper()
+	pub, err := bus.NewPublisher(conn, "e2e-pub-"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &source{name: name, conn: conn, pub: pub}
+}
+
+// publishConcurrently has every source publish keys from..to-1, all at
+// once, each in order, and waits for every acknowledgement.
+func publishConcurrently(ctx context.Context, t *testing.T, from, to int, sources ...*source) {
+	t.Helper()
+	errs := make([]error, len(sources))
+	var wg sync.WaitGroup
+	for i, s := range sources {
+		keys := prefixedKeys(s.name, from, to)
+		wg.Go(func() {
+			seqs, err := publishAll(ctx, s.pub, keys)
+			s.keys, s.seqs, errs[i] = append(s.keys, keys[:len(seqs)]...), append(s.seqs, seqs...), err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lastSeq is the highest sequence acknowledged to any of sources.
+func lastSeq(sources ...*source) uint64 {
+	var last uint64
+	for _, s := range sources {
+		if n := len(s.seqs); n > 0 {
+			last = max(last, s.seqs[n-1])
+		}
+	}
+	return last
+}
+
+// TestClusterSurvivesLosingStreamLeader runs three `cachebus nats`
+// processes as one NATS cluster with an event log of 3 replicas and kills
+// the node leading the log while two publishers send expires: one
+// connected to that node, one to a survivor. It proves that nothing is lost
+// or doubled: each publisher's retries land each of its expires in the log
+// once; a subscriber connected to the killed node and one connected to a
+// survivor both apply all 400 once each, in each publisher's order, with
+// no flush; a member that was away resumes across the failover; the log,
+// read on the survivors, holds all 400; the killed node rejoins from its
+// store; and every node exits 0 on SIGTERM.
+func TestClusterSurvivesLosingStreamLeader(t *testing.T) {
+	t.Parallel() // with the other cluster test: both mostly wait for timeouts
+	start := time.Now()
+	cl := startCluster(t, 3)
+	admin := connect(t, cl.URLs())
+	st := cl.eventLog(admin)
+	t.Logf("cluster up with the event log at R3 in %s: %s", time.Since(start).Round(time.Millisecond), describe(clusterInfo(t, st)))
+
+	// The worst case, deterministically: a publisher and a subscriber are
+	// connected to the node that will be killed, another publisher and
+	// another subscriber to a node that survives.
+	leader := cl.node(clusterInfo(t, st).Leader)
+	survivor := without(cl.nodes, leader)[0]
+	subs := []struct {
+		what string
+		conn *bus.Conn
+		sub  *bus.Subscriber
+		rec  *recorder
+	}{
+		{what: "subscriber of the killed node " + leader.name, conn: cl.connectFirst(t, leader)},
+		{what: "subscriber of the surviving node " + survivor.name, conn: cl.connectFirst(t, survivor)},
+	}
+	for i := range subs {
+		subs[i].sub, subs[i].rec = subscribe(t, subs[i].conn, bus.SubscriberOptions{Name: subs[i].what})
+	}
+	a := newSource(t, "a", cl.connectFirst(t, leader))
+	b := newSource(t, "b", cl.connectFirst(t, survivor))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	publishConcurrently(ctx, t, 0, 100, a, b)
+	beforeKill := lastSeq(a, b)
+	ci := clusterInfo(t, st)
+	if ci.Leader != leader.name {
+		t.Fatalf("the event log's leader moved from %s to %s with no fault", leader.name, ci.Leader)
+	}
+	t.Logf("200 expires stored up to seq %d; SIGKILL of %s, the event log's leader (%s)", beforeKill, leader.name, describe(ci))
+	killed := time.Now()
+	leader.p.Kill()
+
+	publishConcurrently(ctx, t, 100, 200, a, b)
+	t.Logf("200 more expires acknowledged %s after the kill (publish retries: %v by %s, %v by %s); log now led by %s",
+		time.Since(killed).Round(time.Millisecond),
+		testutil.ToFloat64(a.conn.Metrics.PublishRetries), a.pub.Origin(),
+		testutil.ToFloat64(b.conn.Metrics.PublishRetries), b.pub.Origin(), clusterInfo(t, st).Leader)
+	seqs := slices.Sorted(slices.Values(append(slices.Clone(a.seqs), b.seqs...)))
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] != seqs[i-1]+1 {
+			t.Errorf("expires stored at seq %d then %d: the log skipped or doubled one", seqs[i-1], seqs[i])
+		}
+	}
+	last := lastSeq(a, b)
+
+	for _, s := range subs {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.sub.WaitSeq(wctx, last)
+		wcancel()
+		if err != nil {
+			t.Errorf("%s did not reach the last expire, seq %d: %v (applied %d)", s.what, last, err, s.rec.count())
+			logConsumers(t, st)
+			continue
+		}
+		checkApplied(t, s.what, s.rec, a.keys, b.keys)
+	}
+
+	// A member that was away during the failover resumes where it left off.
+	late, lateRec := subscribe(t, connect(t, cl.URLs()), bus.SubscriberOptions{Name: "e2e-late", ResumeAfter: beforeKill})
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := late.WaitSeq(wctx, last); err != nil {
+		t.Fatalf("subscriber resuming after seq %d: %v (applied %d)", beforeKill, err, lateRec.count())
+	}
+	checkApplied(t, "subscriber resumed after the failover", lateRec, a.keys[100:], b.keys[100:])
+
+	// The log itself, read from the start on the surviving nodes only.
+	var survivors []string
+	for _, n := range without(cl.nodes, leader) {
+		survivors = append(survivors, n.url)
+	}
+	checkLog(ctx, t, connect(t, strings.Join(survivors, ",")), a.keys, b.keys)
+
+	// The killed node comes back with its store and catches up.
+	cl.start(leader)
+	restarted := time.Now()
+	var info *jetstream.ClusterInfo
+	bustest.WaitFor(t, 60*time.Second, leader.name+" back as a current replica of the event log", func() bool {
+		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
+		defer icancel()
+		si, err := st.Info(ictx)
+		if err != nil {
+			return false
+		}
+		info = si.Cluster
+		return allCurrent(info, "n1", "n2", "n3")
+	})
+	t.Logf("%s rejoined and is current %s after its restart: %s", leader.name, time.Since(restarted).Round(time.Millisecond), describe(info))
+	leader.waitReady(t, 30*time.Second)
+
+	// A clean stop of every node, the rejoined one last.
+	for _, s := range subs {
+		s.sub.Close()
+	}
+	late.Close()
+	for _, n := range append(without(cl.nodes, leader), leader) {
+		took := n.p.Terminate(15 * time.Second)
+		t.Logf("%s exited 0 %s after SIGTERM", n.name, took.Round(time.Millisecond))
+	}
+}
+
+// logConsumers lists the event log's consumers and where they run, for a
+// failure message: a consumer whose info does not come back is assigned to
+// a server that is gone.
+func logConsumers(t *testing.T, st jetstream.Stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for name := range st.ConsumerNames(ctx).Name() {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		c, err := st.Consumer(cctx, name)
+		ccancel()
+		if err != nil {
+			t.Logf("event log consumer %s: no answer: %v", name, err)
+			continue
+		}
+		ci := c.CachedInfo()
+		leader := ""
+		if ci.Cluster != nil {
+			leader = ci.Cluster.Leader
+		}
+		t.Logf("event log consumer %s on %s: delivered up to seq %d, %d pending", ci.Name, leader, ci.Delivered.Stream, ci.NumPending)
+	}
+}
+
+func without(nodes []*natsNode, n *natsNode) []*natsNode {
+	var out []*natsNode
+	for _, m := range nodes {
+		if m != n {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// checkLog reads the whole event log from its first sequence with an
+// ordered consumer and requires exactly the expires of want (one list per
+// publisher), each stored once, in each publisher's order.
+func checkLog(ctx context.Context, t *testing.T, c *bus.Conn, want ...[]string) {
+	t.Helper()
+	total := 0
+	for _, w := range want {
+		total += len(w)
+	}
+	// A server that has just rejoined may answer 503 until its JetStream
+	// is current again: read again until one read succeeds.
+	var log *recorder
+	var ids map[string]int
+	var err, lastErr error
+	attempts := 0
+	defer func() {
+		if attempts > 1 {
+			t.Logf("read the event log at attempt %d; the last failed with: %v", attempts, lastErr)
+		}
+	}()
+	bustest.WaitFor(t, 30*time.Second, fmt.Sprintf("a read of the %d expires of the event log", total), func() bool {
+		attempts++
+		log, ids, err = readLog(ctx, c, total)
+		if err != nil {
+			lastErr = err
+		}
+		return err == nil
+	})
+	for id, n := range ids {
+		if n > 1 {
+			t.Errorf("event log holds message id %s %d times", id, n)
+		}
+	}
+	checkApplied(t, "event log", log, want...)
+}
+
+// readLog reads the test's expires (origin e2e-*) from the start of the
+// event log until it has total of them or the log ends.
+func readLog(ctx context.Context, c *bus.Conn, total int) (*recorder, map[string]int, error) {
+	cons, err := c.JS.OrderedConsumer(ctx, c.Subjects.EventStream(), jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ordered consumer: %w", err)
+	}
+	log, ids := &recorder{}, map[string]int{}
+	for log.count() < total {
+		batch, err := cons.Fetch(total-log.count(), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, nil, fmt.Errorf("fetch: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			ev, err := bus.DecodeEvent(c.Subjects, m.Subject(), m.Data())
+			if err != nil {
+				return nil, nil, fmt.Errorf("undecodable message on %s: %w", m.Subject(), err)
+			}
+			if ev.Expire == nil || !strings.HasPrefix(ev.Expire.Origin, "e2e-") {
+				continue
+			}
+			ids[m.Headers().Get(bus.MsgIDHeader)]++
+			if meta, err := m.Metadata(); err == nil {
+				ev.Seq = meta.Sequence.Stream
+			}
+			ev.Via = bus.ViaLog
+			log.Apply(ev)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, nil, fmt.Errorf("fetch: %w", err)
+		}
+		if n == 0 {
+			return log, ids, nil // the log ends here; checkApplied says what is missing
+		}
+	}
+	return log, ids, nil
+}
+
+// TestClusterFrozenStreamLeader freezes the node leading the event log with
+// SIGSTOP, as a long pause or a stalled VM would, while a subscriber is
+// connected to that very node and a publisher to another. The cluster
+// elects a new leader and the publisher carries on; the subscriber notices
+// its server is gone, moves to another and catches up from the log. When
+// the old leader thaws (SIGCONT) it steps down and catches up in turn, and
+// every expire has been applied once, in order, with no flush.
+func TestClusterFrozenStreamLeader(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 3)
+	admin := connect(t, cl.URLs())
+	st := cl.eventLog(admin)
+	leader := cl.node(clusterInfo(t, st).Leader)
+	others := without(cl.nodes, leader)
+
+	// The subscriber is connected to the leader; the publisher and the
+	// test's own look at the log never use it.
+	subConn := cl.connectFirst(t, leader)
+	sub, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "e2e-frozen-sub"})
+	ctl := connect(t, others[0].url+","+others[1].url)
+	pub, err := bus.NewPublisher(ctl, "e2e-pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	st, err = ctl.JS.Stream(ctx, ctl.Subjects.EventStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	before := userKeys(0, 100)
+	seqs := publishExpires(ctx, t, pub, before)
+	if err := sub.WaitSeq(ctx, seqs[len(seqs)-1]); err != nil {
+		t.Fatalf("subscriber before the freeze: %v", err)
+	}
+
+	t.Logf("SIGSTOP of %s, the event log's leader and the subscriber's server", leader.name)
+	frozen := time.Now()
+	leader.p.Signal(syscall.SIGSTOP)
+	thawed := false
+	defer func() {
+		if !thawed {
+			leader.p.Signal(syscall.SIGCONT)
+		}
+	}()
+	after := userKeys(100, 200)
+	seqs = append(seqs, publishExpires(ctx, t, pub, after)...)
+	t.Logf("100 more expires acknowledged %s after the freeze; log now led by %s",
+		time.Since(frozen).Round(time.Millisecond), clusterInfo(t, st).Leader)
+
+	want := append(append([]string(nil), before...), after...)
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel()
+	if err := sub.WaitSeq(wctx, seqs[len(seqs)-1]); err != nil {
+		logConsumers(t, st)
+		t.Fatalf("subscriber did not catch up while its server was frozen: %v (applied %d)", err, rec.count())
+	}
+	t.Logf("subscriber moved to %s and caught up %s after the freeze",
+		subConn.NC.ConnectedServerName(), time.Since(frozen).Round(time.Millisecond))
+	checkApplied(t, "subscriber of the frozen server", rec, want)
+
+	leader.p.Signal(syscall.SIGCONT)
+	thawed = true
+	var last *jetstream.ClusterInfo
+	bustest.WaitFor(t, 60*time.Second, leader.name+" thawed and current again", func() bool {
+		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
+		defer icancel()
+		info, err := st.Info(ictx)
+		if err != nil {
+			return false
+		}
+		last = info.Cluster
+		return allCurrent(last, "n1", "n2", "n3") && info.State.LastSeq == seqs[len(seqs)-1]
+	})
+	t.Logf("after SIGCONT: %s", describe(last))
+	checkLog(ctx, t, ctl, want)
+}

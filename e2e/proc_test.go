@@ -1,0 +1,237 @@
+//go:build unix
+
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/bus/bustest"
+)
+
+// tailLines is how much of a process's output a failed test shows.
+const tailLines = 120
+
+// proc is a cachebus process started by a test. Its stdout and stderr go to
+// one buffer (and to CACHEBUS_E2E_LOGDIR when set); when the test fails,
+// the tail of that buffer is printed. It is killed when the test ends, if
+// it is still running.
+type proc struct {
+	t       testing.TB
+	name    string
+	cmd     *exec.Cmd
+	out     *output
+	started time.Time
+
+	done  chan struct{} // closed once the process has exited
+	state *os.ProcessState
+	err   error // from cmd.Wait, other than a non-zero exit
+}
+
+// startProc starts cachebus with args in the test's environment plus the
+// variables of env. Any CACHEBUS_* variable of the test's own environment
+// is left out, so that what runs is what the test says.
+func startProc(t testing.TB, name string, env map[string]string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, out: &output{}, done: make(chan struct{})}
+	if dir := os.Getenv("CACHEBUS_E2E_LOGDIR"); dir != "" {
+		file := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + name + ".log"
+		f, err := os.OpenFile(filepath.Join(dir, file), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatalf("%s: log file: %v", name, err)
+		}
+		p.out.file = f
+	}
+	p.cmd = exec.Command(cachebusBin, args...)
+	p.cmd.Env = procEnv(env)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = sysProcAttr()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("%s: start cachebus %s: %v", name, strings.Join(args, " "), err)
+	}
+	p.started = time.Now()
+	go func() {
+		err := p.cmd.Wait()
+		var exitErr *exec.ExitError
+		if err != nil && !errors.As(err, &exitErr) {
+			p.err = err
+		}
+		p.state = p.cmd.ProcessState
+		close(p.done)
+	}()
+	t.Cleanup(p.cleanup)
+	return p
+}
+
+func procEnv(env map[string]string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CACHEBUS_") {
+			out = append(out, kv)
+		}
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+func (p *proc) cleanup() {
+	if !p.Exited() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	out := p.Output()
+	if strings.Contains(out, "WARNING: DATA RACE") {
+		p.t.Errorf("%s: the race detector reported a data race", p.name)
+	}
+	if p.t.Failed() {
+		p.t.Logf("%s (%s) output, last %d lines:\n%s", p.name, p.status(), tailLines, tail(out, tailLines))
+	}
+	if p.out.file != nil {
+		_ = p.out.file.Close()
+	}
+}
+
+// Exited reports whether the process has exited.
+func (p *proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) status() string {
+	if !p.Exited() {
+		return fmt.Sprintf("pid %d, running for %s", p.cmd.Process.Pid, time.Since(p.started).Round(time.Millisecond))
+	}
+	if p.err != nil {
+		return p.err.Error()
+	}
+	return p.state.String()
+}
+
+// Signal sends sig (SIGTERM, SIGKILL, SIGSTOP, SIGCONT…) to the process,
+// which must still be running.
+func (p *proc) Signal(sig syscall.Signal) {
+	p.t.Helper()
+	if p.Exited() {
+		p.t.Fatalf("%s: cannot send %v: process already exited (%s)", p.name, sig, p.status())
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("%s: send %v: %v", p.name, sig, err)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) Kill() {
+	p.t.Helper()
+	p.Signal(syscall.SIGKILL)
+	p.Wait(10 * time.Second)
+}
+
+// Wait waits at most timeout for the process to exit and returns its exit
+// code (-1 when a signal ended it).
+func (p *proc) Wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("%s: still running %s after it was expected to exit", p.name, timeout)
+	}
+	if p.err != nil {
+		p.t.Fatalf("%s: wait: %v", p.name, p.err)
+	}
+	return p.state.ExitCode()
+}
+
+// Terminate sends SIGTERM and requires the process to exit 0 within
+// timeout; it returns how long the exit took.
+func (p *proc) Terminate(timeout time.Duration) time.Duration {
+	p.t.Helper()
+	start := time.Now()
+	p.Signal(syscall.SIGTERM)
+	if code := p.Wait(timeout); code != 0 {
+		p.t.Fatalf("%s: exited %d after SIGTERM (%s), want 0", p.name, code, p.status())
+	}
+	return time.Since(start)
+}
+
+// WaitLine waits at most timeout for a line of the output that matches re
+// and returns its submatches. It fails at once if the process exits first.
+func (p *proc) WaitLine(timeout time.Duration, re *regexp.Regexp) []string {
+	p.t.Helper()
+	var match []string
+	bustest.WaitFor(p.t, timeout, fmt.Sprintf("%s to print a line matching %q", p.name, re), func() bool {
+		exited := p.Exited() // before reading, so that the last lines are seen
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if match = re.FindStringSubmatch(line); match != nil {
+				return true
+			}
+		}
+		if exited {
+			p.t.Fatalf("%s exited (%s) before printing a line matching %q", p.name, p.status(), re)
+		}
+		return false
+	})
+	return match
+}
+
+// Output is everything the process has written so far.
+func (p *proc) Output() string { return p.out.String() }
+
+// output collects a process's stdout and stderr.
+type output struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	file *os.File
+}
+
+func (o *output) Write(b []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.file != nil {
+		_, _ = o.file.Write(b)
+	}
+	return o.buf.Write(b)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("[... %d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// runCachebus runs a cachebus command to completion, bounded by timeout,
+// and returns its exit code and combined output.
+func runCachebus(t testing.TB, timeout time.Duration, env map[string]string, args ...string) (int, string) {
+	t.Helper()
+	p := startProc(t, "cachebus "+strings.Join(args, " "), env, args...)
+	return p.Wait(timeout), p.Output()
+}
