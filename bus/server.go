@@ -125,13 +125,26 @@ func StartServer(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("bus: embedded nats: %w", err)
 	}
 	s.ns = ns
-	if log != nil {
-		ns.SetLoggerV2(slogAdapter{log.With("component", "nats")}, cfg.Debug, false, false)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	// The server reports a failure to listen through its logger's Fatalf and
+	// then waits; catch it so start fails at once with the reason.
+	fatal := make(chan string, 1)
+	ns.SetLoggerV2(slogAdapter{log: log.With("component", "nats"), fatal: fatal}, cfg.Debug, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("bus: embedded nats on %s:%d not ready after 30s", cfg.Host, cfg.Port)
+	deadline := time.Now().Add(30 * time.Second)
+	for !ns.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case reason := <-fatal:
+			s.Shutdown()
+			return nil, fmt.Errorf("bus: embedded nats on %s:%d: %s", cfg.Host, cfg.Port, reason)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Shutdown()
+			return nil, fmt.Errorf("bus: embedded nats on %s:%d not ready after 30s", cfg.Host, cfg.Port)
+		}
 	}
 	return s, nil
 }
@@ -214,12 +227,22 @@ func splitHostPort(hp string) (string, int, error) {
 }
 
 // slogAdapter lets nats-server log through the daemon's slog logger.
-type slogAdapter struct{ log *slog.Logger }
+type slogAdapter struct {
+	log   *slog.Logger
+	fatal chan<- string
+}
 
 // Notices (the start banner, connections) go to debug: our daemons log what matters.
 func (a slogAdapter) Noticef(f string, v ...any) { a.log.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Warnf(f string, v ...any)   { a.log.Warn(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Fatalf(f string, v ...any)  { a.log.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Errorf(f string, v ...any)  { a.log.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Debugf(f string, v ...any)  { a.log.Debug(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Tracef(f string, v ...any)  { a.log.Debug(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Fatalf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	a.log.Error(msg)
+	select {
+	case a.fatal <- msg:
+	default:
+	}
+}
+func (a slogAdapter) Errorf(f string, v ...any) { a.log.Error(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Debugf(f string, v ...any) { a.log.Debug(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Tracef(f string, v ...any) { a.log.Debug(fmt.Sprintf(f, v...)) }

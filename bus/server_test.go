@@ -489,3 +489,26 @@ func jetstreamInfo(ctx context.Context, c *bus.Conn) (*jetstream.StreamInfo, err
 	}
 	return st.Info(ctx)
 }
+
+// TestStartServerPortTaken checks that a server that cannot listen fails
+// at once with the reason, instead of waiting out its start timeout.
+func TestStartServerPortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	start := time.Now()
+	srv, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: port, StoreDir: t.TempDir()}, nil)
+	if err == nil {
+		srv.Shutdown()
+		t.Fatal("StartServer on a taken port succeeded")
+	}
+	if !strings.Contains(err.Error(), "listen") {
+		t.Errorf("error %q does not say it could not listen", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("StartServer took %s to fail", d)
+	}
+}

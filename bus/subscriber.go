@@ -137,9 +137,10 @@ type Subscriber struct {
 
 	// catching is set when core deliveries can no longer be trusted to be
 	// complete (disconnect, slow consumer) and cleared once the loop has read
-	// the log to its tail: until then core copies are dropped, so nothing is
-	// applied ahead of an older event still to be read.
+	// the log to its tail: until then core copies wait in held, so nothing
+	// is applied ahead of an older event still to be read.
 	catching atomic.Bool
+	held     []*nats.Msg // core copies received while catching, in order; loop only
 
 	mu      sync.Mutex
 	lastSeq uint64 // last log sequence processed
@@ -328,7 +329,12 @@ func (s *Subscriber) loop() {
 
 func (s *Subscriber) onCore(m *nats.Msg) {
 	if s.catching.Load() {
-		return // the log will deliver it, in order
+		// Applied, or dropped as a copy, once the log has been read up to
+		// where it stood when catching up began.
+		if len(s.held) < s.opts.CoreBuffer {
+			s.held = append(s.held, m)
+		}
+		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -374,9 +380,7 @@ func (s *Subscriber) logCopy(subject string, h nats.Header, data []byte, seq uin
 	if seq > s.lastSeq+1 {
 		s.gap(s.lastSeq+1, seq)
 	}
-	// While catching up, core copies are dropped unrecorded, so a log copy
-	// pairs only with a core copy applied before the disconnect.
-	if s.pairs.arrive(s.pairs.key(subject, h.Get(MsgIDHeader), data), false, !s.catching.Load()) {
+	if s.pairs.arrive(s.pairs.key(subject, h.Get(MsgIDHeader), data), false, true) {
 		s.dispatch(subject, data, h.Get(OriginHeader), seq, ViaLog)
 	} else {
 		s.metrics.duplicate(s.c.Metrics, ViaLog).Inc()
@@ -406,9 +410,20 @@ func (s *Subscriber) catchUp() {
 	if info.State.LastSeq > last && !s.readRange(last+1, info.State.LastSeq) {
 		return
 	}
-	if s.catching.CompareAndSwap(true, false) {
-		s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", s.LastSeq())
+	if !s.catching.Load() {
+		return
 	}
+	// Every event up to where the log stood is applied. The core copies
+	// held meanwhile are of those events (dropped as copies) or of later
+	// ones whose log copies are still on their way: apply those now, in the
+	// order they came, before anything that arrives after them.
+	s.catching.Store(false)
+	held := s.held
+	s.held = nil
+	for _, m := range held {
+		s.onCore(m)
+	}
+	s.c.Log.Info("event log caught up", "sub", s.opts.Name, "seq", s.LastSeq(), "held", len(held))
 }
 
 // readRange reads events from..to from the stream with an ordered

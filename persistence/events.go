@@ -64,8 +64,13 @@ func EnsureEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstre
 // ensure retries create until it succeeds, fails for good, or ctx ends.
 func ensure[T any](ctx context.Context, c *bus.Conn, what string, create func(context.Context) (T, error)) (T, error) {
 	var zero T
+	// Short attempts first: when every node of a new cluster creates the
+	// same replicated stream at once, first requests tend to go unanswered
+	// and the second, a moment later, succeeds.
+	timeout := time.Second
 	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		timeout = min(timeout*2, 5*time.Second)
 		v, err := create(actx)
 		cancel()
 		if err == nil {
