@@ -166,6 +166,10 @@ func (s Subjects) EventStream() string { return streamName("CACHEBUS_EVENTS", s.
 // (fallback and drains).
 func (s Subjects) StateBucket() string { return streamName("CACHEBUS_STATE", s.Prefix) }
 
+// NodesBucket is the name of the KV bucket that keeps the cache tier's
+// baseline and partition assignment: CACHEBUS_NODES for the default prefix.
+func (s Subjects) NodesBucket() string { return streamName("CACHEBUS_NODES", s.Prefix) }
+
 func streamName(base, prefix string) string {
 	if prefix == DefaultPrefix {
 		return base
