@@ -1,7 +1,8 @@
 // Package persistence owns what cachebus keeps in JetStream: the event
 // log's stream (CACHEBUS_EVENTS), the cluster state bucket (CACHEBUS_STATE,
-// the current fallback and the set of drains) and, in later parts, the
-// long-term records and the partition assignments.
+// the current fallback and the set of drains), the baseline and its
+// partition assignment (CACHEBUS_NODES) and, in later parts, the long-term
+// records.
 //
 // Streams and buckets are created or updated idempotently by every daemon
 // at start, with limits and replicas from its Config, so no operator step
