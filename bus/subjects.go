@@ -174,5 +174,7 @@ func streamName(base, prefix string) string {
 	if prefix == DefaultPrefix {
 		return base
 	}
-	return base + "_" + strings.NewReplacer(".", "_", "-", "_").Replace(prefix)
+	// Names allow [A-Za-z0-9_-] only. Doubling "_" before turning "." into
+	// "_" keeps the mapping one-to-one: a.b, a_b and a-b stay distinct.
+	return base + "_" + strings.NewReplacer("_", "__", ".", "_").Replace(prefix)
 }

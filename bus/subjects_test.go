@@ -170,7 +170,9 @@ func TestNames(t *testing.T) {
 func TestStoreNames(t *testing.T) {
 	tests := []struct{ prefix, events, state string }{
 		{"cachebus", "CACHEBUS_EVENTS", "CACHEBUS_STATE"},
-		{"acme.cache-bus", "CACHEBUS_EVENTS_acme_cache_bus", "CACHEBUS_STATE_acme_cache_bus"},
+		{"acme.cache-bus", "CACHEBUS_EVENTS_acme_cache-bus", "CACHEBUS_STATE_acme_cache-bus"},
+		{"acme_cache.bus", "CACHEBUS_EVENTS_acme__cache_bus", "CACHEBUS_STATE_acme__cache_bus"},
+		{"acme.cache_bus", "CACHEBUS_EVENTS_acme_cache__bus", "CACHEBUS_STATE_acme_cache__bus"},
 	}
 	for _, tt := range tests {
 		s, err := bus.NewSubjects(tt.prefix)

@@ -416,13 +416,13 @@ func TestNodesBucketPrefix(t *testing.T) {
 	}
 	t.Cleanup(c.NC.Close)
 	n := openNodes(t, c)
-	if n.Bucket() != "CACHEBUS_NODES_acme_cache_bus" {
+	if n.Bucket() != "CACHEBUS_NODES_acme_cache-bus" {
 		t.Fatalf("bucket %s", n.Bucket())
 	}
 	if _, err := n.SetBaseline(ctx, nodeMembers("n1"), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.JS.KeyValue(ctx, "CACHEBUS_NODES_acme_cache_bus"); err != nil {
+	if _, err := c.JS.KeyValue(ctx, "CACHEBUS_NODES_acme_cache-bus"); err != nil {
 		t.Fatal(err)
 	}
 }
