@@ -27,6 +27,7 @@ import (
 	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 )
 
 // The tests of this file start embedded servers with the options the
@@ -510,5 +511,46 @@ func TestStartServerPortTaken(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("StartServer took %s to fail", d)
+	}
+}
+
+// TestNKeyAuth starts the embedded server from a configuration file that
+// admits one nkey user, and checks that ConnConfig.NKeyFile gets in while a
+// client without the seed is refused.
+func TestNKeyAuth(t *testing.T) {
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := user.PublicKey()
+	seed, _ := user.Seed()
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("authorization { users = [ { nkey: %q } ] }\n", pub)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir(), ConfigFile: conf}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Prefix: bus.DefaultPrefix, NKeyFile: seedFile})
+	if err != nil {
+		t.Fatalf("connect with the nkey seed: %v", err)
+	}
+	c.NC.Close()
+
+	short, cancel2 := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel2()
+	if c, err := bus.Connect(short, bus.ConnConfig{URL: srv.ClientURL(), Prefix: bus.DefaultPrefix}); err == nil {
+		c.NC.Close()
+		t.Fatal("a client without the nkey seed got in")
 	}
 }
