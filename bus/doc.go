@@ -11,9 +11,12 @@
 //
 // Delivery uses two paths at once. Core NATS delivers an event in tens of
 // microseconds but at most once; the CACHEBUS_EVENTS JetStream stream keeps
-// the ordered log. A Subscriber applies what core delivers the moment it
-// arrives and consumes the log behind it: the log fills what core missed
-// and a pairing of the two copies keeps every event applied once. When the
-// log no longer holds what a subscriber missed, the subscriber's Flush is
+// the ordered log and republishes each stored event, with its sequence, to
+// <prefix>.log.<subject>. A Subscriber applies what core delivers the moment
+// it arrives and takes the republished copy behind it: that copy confirms
+// the first, or applies what core missed, and a pairing of the two keeps
+// every event applied once. A sequence that skips ahead, a reconnect or a
+// quiet tail sends the subscriber to read the missing range from the
+// stream; when the log no longer holds it, the subscriber's Flush is
 // called, so a cache is never left stale.
 package bus
