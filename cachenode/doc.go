@@ -1,4 +1,5 @@
 // Package cachenode is cachebus's cache tier: the bigcache-backed local
-// store, partitioning and assignment over the baseline, and the cache node
-// server. Its subpackage memo is the memoization client for Go apps.
+// store and the cache node server. Its subpackages: partition (where a key
+// lives: its partition and the partition's owners over the baseline) and
+// memo (the memoization client for Go apps).
 package cachenode

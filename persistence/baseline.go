@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	"github.com/cachebus/cachebus/bus"
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -33,8 +33,8 @@ var (
 
 // Nodes reads and changes the baseline of the cache tier and its partition
 // assignment, kept in the KV bucket Subjects.NodesBucket under the keys
-// "baseline" and "assignment" (JSON cachenode.Baseline and
-// cachenode.Assignment). Every change is a compare-and-set on both keys, so
+// "baseline" and "assignment" (JSON partition.Baseline and
+// partition.Assignment). Every change is a compare-and-set on both keys, so
 // concurrent operators never lose each other's changes.
 type Nodes struct {
 	c  *bus.Conn
@@ -106,16 +106,16 @@ func (n *Nodes) get(ctx context.Context, key string, v any) (uint64, error) {
 
 // Baseline reads the current baseline; Version 0 and no members when none
 // was ever set.
-func (n *Nodes) Baseline(ctx context.Context) (cachenode.Baseline, error) {
-	var b cachenode.Baseline
+func (n *Nodes) Baseline(ctx context.Context) (partition.Baseline, error) {
+	var b partition.Baseline
 	_, err := n.get(ctx, baselineKey, &b)
 	return b, err
 }
 
 // Assignment reads the current assignment; Version 0 and no owners when
 // none was ever written.
-func (n *Nodes) Assignment(ctx context.Context) (cachenode.Assignment, error) {
-	var a cachenode.Assignment
+func (n *Nodes) Assignment(ctx context.Context) (partition.Assignment, error) {
+	var a partition.Assignment
 	_, err := n.get(ctx, assignmentKey, &a)
 	return a, err
 }
@@ -123,32 +123,32 @@ func (n *Nodes) Assignment(ctx context.Context) (cachenode.Assignment, error) {
 // Change is what a baseline change did.
 type Change struct {
 	// Baseline is the new baseline.
-	Baseline cachenode.Baseline
+	Baseline partition.Baseline
 	// Assignment is the assignment computed from it. When another writer
 	// changed the baseline again before this one wrote its assignment, the
 	// newer assignment was kept and Superseded is set.
-	Assignment cachenode.Assignment
+	Assignment partition.Assignment
 	Superseded bool
 	// Previous is the assignment in force before the change.
-	Previous cachenode.Assignment
+	Previous partition.Assignment
 }
 
 // Moved counts the partitions the change moved: primaries and replica sets
-// (see cachenode.Moved).
+// (see partition.Moved).
 func (c Change) Moved() (primaries, replicaSets int) {
-	return cachenode.Moved(c.Previous, c.Assignment)
+	return partition.Moved(c.Previous, c.Assignment)
 }
 
 // Edit computes a new member list and assignment options from the current
 // baseline and assignment. It may be called more than once: again with
 // fresh values whenever another writer changed the baseline in between.
-type Edit func(cur cachenode.Baseline, curAssign cachenode.Assignment) (members []cachenode.Member, backups int, crossDC bool, err error)
+type Edit func(cur partition.Baseline, curAssign partition.Assignment) (members []partition.Member, backups int, crossDC bool, err error)
 
 // SetBaseline replaces the baseline's members and recomputes the
 // assignment with backups backups per partition, a cross-DC backup when
 // crossDC is set.
-func (n *Nodes) SetBaseline(ctx context.Context, members []cachenode.Member, backups int, crossDC bool) (Change, error) {
-	return n.Update(ctx, func(cachenode.Baseline, cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+func (n *Nodes) SetBaseline(ctx context.Context, members []partition.Member, backups int, crossDC bool) (Change, error) {
+	return n.Update(ctx, func(partition.Baseline, partition.Assignment) ([]partition.Member, int, bool, error) {
 		return members, backups, crossDC, nil
 	})
 }
@@ -156,7 +156,7 @@ func (n *Nodes) SetBaseline(ctx context.Context, members []cachenode.Member, bac
 // AddMember adds m to the baseline, keeping the backup settings of the
 // current assignment (one backup, no cross-DC requirement, when there is
 // none yet). It fails with ErrMemberExists when m's id is a member already.
-func (n *Nodes) AddMember(ctx context.Context, m cachenode.Member) (Change, error) {
+func (n *Nodes) AddMember(ctx context.Context, m partition.Member) (Change, error) {
 	return n.Update(ctx, Add(m))
 }
 
@@ -168,8 +168,8 @@ func (n *Nodes) RemoveMember(ctx context.Context, id string) (Change, error) {
 }
 
 // Add is the edit of AddMember.
-func Add(m cachenode.Member) Edit {
-	return func(cur cachenode.Baseline, a cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+func Add(m partition.Member) Edit {
+	return func(cur partition.Baseline, a partition.Assignment) ([]partition.Member, int, bool, error) {
 		if _, ok := cur.Member(m.ID); ok {
 			return nil, 0, false, fmt.Errorf("%w: %s (version %d)", ErrMemberExists, m.ID, cur.Version)
 		}
@@ -180,12 +180,12 @@ func Add(m cachenode.Member) Edit {
 
 // Remove is the edit of RemoveMember.
 func Remove(id string) Edit {
-	return func(cur cachenode.Baseline, a cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+	return func(cur partition.Baseline, a partition.Assignment) ([]partition.Member, int, bool, error) {
 		if _, ok := cur.Member(id); !ok {
 			return nil, 0, false, fmt.Errorf("%w: %s (version %d)", ErrMemberMissing, id, cur.Version)
 		}
 		backups, crossDC := currentOptions(a)
-		return slices.DeleteFunc(slices.Clone(cur.Members), func(m cachenode.Member) bool { return m.ID == id }),
+		return slices.DeleteFunc(slices.Clone(cur.Members), func(m partition.Member) bool { return m.ID == id }),
 			backups, crossDC, nil
 	}
 }
@@ -193,7 +193,7 @@ func Remove(id string) Edit {
 // WithOptions returns e with its backup settings replaced by backups and
 // crossDC: an add or remove that also changes the settings.
 func (e Edit) WithOptions(backups int, crossDC bool) Edit {
-	return func(cur cachenode.Baseline, a cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+	return func(cur partition.Baseline, a partition.Assignment) ([]partition.Member, int, bool, error) {
 		members, _, _, err := e(cur, a)
 		return members, backups, crossDC, err
 	}
@@ -201,7 +201,7 @@ func (e Edit) WithOptions(backups int, crossDC bool) Edit {
 
 // currentOptions returns the backup settings of a, or the defaults when a
 // is the zero assignment.
-func currentOptions(a cachenode.Assignment) (backups int, crossDC bool) {
+func currentOptions(a partition.Assignment) (backups int, crossDC bool) {
 	if a.Version == 0 {
 		return 1, false
 	}
@@ -211,17 +211,17 @@ func currentOptions(a cachenode.Assignment) (backups int, crossDC bool) {
 // Update applies edit to the baseline: it reads the baseline and the
 // assignment, calls edit, and writes the baseline with its version bumped
 // by compare-and-set on the revision it read, then the assignment computed
-// from it with cachenode.Assign. When another writer changed the baseline
+// from it with partition.Assign. When another writer changed the baseline
 // in between, it reads again and calls edit again, so that no change is
 // lost. An error from edit or from Assign ends it with nothing written.
 func (n *Nodes) Update(ctx context.Context, edit Edit) (Change, error) {
 	for {
-		var cur cachenode.Baseline
+		var cur partition.Baseline
 		bRev, err := n.get(ctx, baselineKey, &cur)
 		if err != nil {
 			return Change{}, err
 		}
-		var prev cachenode.Assignment
+		var prev partition.Assignment
 		if _, err := n.get(ctx, assignmentKey, &prev); err != nil {
 			return Change{}, err
 		}
@@ -231,8 +231,8 @@ func (n *Nodes) Update(ctx context.Context, edit Edit) (Change, error) {
 		}
 		// Past the assignment's baseline too, should someone have deleted
 		// the baseline key by hand: versions only increase.
-		next := cachenode.Baseline{Version: max(cur.Version, prev.BaselineVersion) + 1, Members: normalize(members)}
-		assign, err := cachenode.Assign(next, backups, crossDC)
+		next := partition.Baseline{Version: max(cur.Version, prev.BaselineVersion) + 1, Members: normalize(members)}
+		assign, err := partition.Assign(next, backups, crossDC)
 		if err != nil {
 			return Change{}, err
 		}
@@ -258,7 +258,7 @@ func (n *Nodes) Update(ctx context.Context, edit Edit) (Change, error) {
 }
 
 // normalize writes each member's default weight explicitly.
-func normalize(ms []cachenode.Member) []cachenode.Member {
+func normalize(ms []partition.Member) []partition.Member {
 	out := slices.Clone(ms)
 	for i := range out {
 		if out[i].Weight == 0 {
@@ -272,9 +272,9 @@ func normalize(ms []cachenode.Member) []cachenode.Member {
 // a.BaselineVersion, unless the stored assignment comes from that baseline
 // or a newer one already. It returns the version a was written as, or
 // superseded.
-func (n *Nodes) writeAssignment(ctx context.Context, a cachenode.Assignment) (version uint64, superseded bool, err error) {
+func (n *Nodes) writeAssignment(ctx context.Context, a partition.Assignment) (version uint64, superseded bool, err error) {
 	for {
-		var cur cachenode.Assignment
+		var cur partition.Assignment
 		rev, err := n.get(ctx, assignmentKey, &cur)
 		if err != nil {
 			return 0, false, err
@@ -332,7 +332,7 @@ type Watcher struct {
 // call may see them differ: when a writer stopped between its two writes,
 // until the next change repairs it. Calls are sequential, from one
 // goroutine; fn must not block for long, nor call Stop.
-func (n *Nodes) Watch(ctx context.Context, fn func(cachenode.Baseline, cachenode.Assignment)) (*Watcher, error) {
+func (n *Nodes) Watch(ctx context.Context, fn func(partition.Baseline, partition.Assignment)) (*Watcher, error) {
 	// WatchAll rather than WatchFiltered: servers before 2.10 cannot filter
 	// a consumer on two subjects, and the bucket holds nothing else.
 	kw, err := n.kv.WatchAll(context.Background(), jetstream.IgnoreDeletes())
@@ -340,8 +340,8 @@ func (n *Nodes) Watch(ctx context.Context, fn func(cachenode.Baseline, cachenode
 		return nil, fmt.Errorf("persistence: watch baseline: %w", err)
 	}
 	w := &Watcher{w: kw, done: make(chan struct{}), stopped: make(chan struct{})}
-	var b cachenode.Baseline
-	var a cachenode.Assignment
+	var b partition.Baseline
+	var a partition.Assignment
 	for initial := true; initial; {
 		select {
 		case e := <-kw.Updates():
@@ -361,16 +361,16 @@ func (n *Nodes) Watch(ctx context.Context, fn func(cachenode.Baseline, cachenode
 }
 
 // decode applies a watched entry to b or a, logging one it cannot read.
-func (n *Nodes) decode(e jetstream.KeyValueEntry, b *cachenode.Baseline, a *cachenode.Assignment) bool {
+func (n *Nodes) decode(e jetstream.KeyValueEntry, b *partition.Baseline, a *partition.Assignment) bool {
 	var err error
 	switch e.Key() {
 	case baselineKey:
-		var nb cachenode.Baseline
+		var nb partition.Baseline
 		if err = json.Unmarshal(e.Value(), &nb); err == nil {
 			*b = nb
 		}
 	case assignmentKey:
-		var na cachenode.Assignment
+		var na partition.Assignment
 		if err = json.Unmarshal(e.Value(), &na); err == nil {
 			*a = na
 		}
@@ -384,7 +384,7 @@ func (n *Nodes) decode(e jetstream.KeyValueEntry, b *cachenode.Baseline, a *cach
 	return true
 }
 
-func (w *Watcher) run(ctx context.Context, n *Nodes, fn func(cachenode.Baseline, cachenode.Assignment), b cachenode.Baseline, a cachenode.Assignment) {
+func (w *Watcher) run(ctx context.Context, n *Nodes, fn func(partition.Baseline, partition.Assignment), b partition.Baseline, a partition.Assignment) {
 	defer close(w.stopped)
 	defer func() { _ = w.w.Stop() }()
 	lastB, lastA := b.Version, a.Version

@@ -11,7 +11,7 @@ import (
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -25,15 +25,15 @@ func openNodes(t *testing.T, c *bus.Conn) *persistence.Nodes {
 	return n
 }
 
-func nodeMembers(ids ...string) []cachenode.Member {
-	out := make([]cachenode.Member, len(ids))
+func nodeMembers(ids ...string) []partition.Member {
+	out := make([]partition.Member, len(ids))
 	for i, id := range ids {
-		out[i] = cachenode.Member{ID: id}
+		out[i] = partition.Member{ID: id}
 	}
 	return out
 }
 
-func memberIDs(b cachenode.Baseline) []string {
+func memberIDs(b partition.Baseline) []string {
 	ids := make([]string, len(b.Members))
 	for i, m := range b.Members {
 		ids[i] = m.ID
@@ -44,7 +44,7 @@ func memberIDs(b cachenode.Baseline) []string {
 // checkStored reads the baseline and assignment back and checks that they
 // are the given version, that the assignment is the one computed from the
 // baseline, and returns both.
-func checkStored(t *testing.T, n *persistence.Nodes, version uint64, ids ...string) (cachenode.Baseline, cachenode.Assignment) {
+func checkStored(t *testing.T, n *persistence.Nodes, version uint64, ids ...string) (partition.Baseline, partition.Assignment) {
 	t.Helper()
 	ctx := ctx10(t)
 	b, err := n.Baseline(ctx)
@@ -61,11 +61,11 @@ func checkStored(t *testing.T, n *persistence.Nodes, version uint64, ids ...stri
 	if a.BaselineVersion != b.Version {
 		t.Fatalf("assignment of baseline %d, baseline is %d", a.BaselineVersion, b.Version)
 	}
-	want, err := cachenode.Assign(b, a.Backups, a.CrossDC)
+	want, err := partition.Assign(b, a.Backups, a.CrossDC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for p := range cachenode.Partitions {
+	for p := range partition.Partitions {
 		if !slices.Equal(a.Owners[p], want.Owners[p]) {
 			t.Fatalf("stored partition %d owners %v, Assign gives %v", p, a.Owners[p], want.Owners[p])
 		}
@@ -97,14 +97,14 @@ func TestNodesSetAddRemove(t *testing.T) {
 			t.Fatalf("fresh assignment version %d, %v", a.Version, err)
 		}
 
-		ch, err := n.SetBaseline(ctx, []cachenode.Member{{ID: "n1", DC: "dc1"}, {ID: "n2", DC: "dc1"}, {ID: "n3", DC: "dc2", Weight: 2}}, 1, true)
+		ch, err := n.SetBaseline(ctx, []partition.Member{{ID: "n1", DC: "dc1"}, {ID: "n2", DC: "dc1"}, {ID: "n3", DC: "dc2", Weight: 2}}, 1, true)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if ch.Baseline.Version != 1 || ch.Assignment.Version != 1 || ch.Superseded {
 			t.Fatalf("set: baseline %d assignment %d superseded %v", ch.Baseline.Version, ch.Assignment.Version, ch.Superseded)
 		}
-		if p, s := ch.Moved(); p != cachenode.Partitions || s != cachenode.Partitions {
+		if p, s := ch.Moved(); p != partition.Partitions || s != partition.Partitions {
 			t.Fatalf("first baseline moved %d, %d; want every partition", p, s)
 		}
 		b, a := checkStored(t, n, 1, "n1", "n2", "n3")
@@ -116,7 +116,7 @@ func TestNodesSetAddRemove(t *testing.T) {
 		}
 
 		// add keeps the backup settings of the assignment in force.
-		ch, err = n.AddMember(ctx, cachenode.Member{ID: "n4", DC: "dc2"})
+		ch, err = n.AddMember(ctx, partition.Member{ID: "n4", DC: "dc2"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,16 +131,16 @@ func TestNodesSetAddRemove(t *testing.T) {
 		}
 		n4 := a.Shares()["n4"]
 
-		if _, err := n.AddMember(ctx, cachenode.Member{ID: "n4"}); !errors.Is(err, persistence.ErrMemberExists) {
+		if _, err := n.AddMember(ctx, partition.Member{ID: "n4"}); !errors.Is(err, persistence.ErrMemberExists) {
 			t.Fatalf("adding n4 twice: %v", err)
 		}
 		if _, err := n.RemoveMember(ctx, "n9"); !errors.Is(err, persistence.ErrMemberMissing) {
 			t.Fatalf("removing a stranger: %v", err)
 		}
-		if _, err := n.SetBaseline(ctx, nodeMembers("n1", "n1"), 1, false); !errors.Is(err, cachenode.ErrDuplicateMember) {
+		if _, err := n.SetBaseline(ctx, nodeMembers("n1", "n1"), 1, false); !errors.Is(err, partition.ErrDuplicateMember) {
 			t.Fatalf("duplicate: %v", err)
 		}
-		if _, err := n.SetBaseline(ctx, nodeMembers("n1"), -1, false); !errors.Is(err, cachenode.ErrBadBackups) {
+		if _, err := n.SetBaseline(ctx, nodeMembers("n1"), -1, false); !errors.Is(err, partition.ErrBadBackups) {
 			t.Fatalf("negative backups: %v", err)
 		}
 		checkStored(t, n, 2, "n1", "n2", "n3", "n4") // nothing written by the failures
@@ -190,7 +190,7 @@ func TestNodesKeysDeletedByHand(t *testing.T) {
 		if b, err := n.Baseline(ctx); err != nil || b.Version != 0 {
 			t.Fatalf("deleted baseline reads %+v, %v", b, err)
 		}
-		ch, err := n.AddMember(ctx, cachenode.Member{ID: "n3"})
+		ch, err := n.AddMember(ctx, partition.Member{ID: "n3"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +202,7 @@ func TestNodesKeysDeletedByHand(t *testing.T) {
 		if err := kv.Delete(ctx, "assignment"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := n.AddMember(ctx, cachenode.Member{ID: "n4"}); err != nil {
+		if _, err := n.AddMember(ctx, partition.Member{ID: "n4"}); err != nil {
 			t.Fatal(err)
 		}
 		checkStored(t, n, 4, "n3", "n4")
@@ -229,17 +229,17 @@ func TestNodesConcurrentWriters(t *testing.T) {
 		var firstErr error
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			firstCh, firstErr = first.Update(ctx, func(cur cachenode.Baseline, a cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+			firstCh, firstErr = first.Update(ctx, func(cur partition.Baseline, a partition.Assignment) ([]partition.Member, int, bool, error) {
 				calls++
 				if calls == 1 {
 					close(read)
 					<-written
 				}
-				return append(slices.Clone(cur.Members), cachenode.Member{ID: "from-first"}), a.Backups, a.CrossDC, nil
+				return append(slices.Clone(cur.Members), partition.Member{ID: "from-first"}), a.Backups, a.CrossDC, nil
 			})
 		})
 		<-read
-		ch, err := second.AddMember(ctx, cachenode.Member{ID: "from-second"})
+		ch, err := second.AddMember(ctx, partition.Member{ID: "from-second"})
 		close(written)
 		wg.Wait()
 		if err != nil || firstErr != nil {
@@ -261,7 +261,7 @@ func TestNodesConcurrentWriters(t *testing.T) {
 			id := fmt.Sprintf("w%02d", i)
 			want = append(want, id)
 			wg.Go(func() {
-				_, err := n.AddMember(ctx, cachenode.Member{ID: id})
+				_, err := n.AddMember(ctx, partition.Member{ID: id})
 				errs <- err
 			})
 		}
@@ -299,22 +299,22 @@ func memberIDsOf(t *testing.T, n *persistence.Nodes) []string {
 // watchLog records what a watcher was called with.
 type watchLog struct {
 	mu    sync.Mutex
-	calls []cachenode.Assignment
-	bases []cachenode.Baseline
+	calls []partition.Assignment
+	bases []partition.Baseline
 }
 
-func (w *watchLog) fn(b cachenode.Baseline, a cachenode.Assignment) {
+func (w *watchLog) fn(b partition.Baseline, a partition.Assignment) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.bases = append(w.bases, b)
 	w.calls = append(w.calls, a)
 }
 
-func (w *watchLog) last() (cachenode.Baseline, cachenode.Assignment, int) {
+func (w *watchLog) last() (partition.Baseline, partition.Assignment, int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.calls) == 0 {
-		return cachenode.Baseline{}, cachenode.Assignment{}, 0
+		return partition.Baseline{}, partition.Assignment{}, 0
 	}
 	return w.bases[len(w.bases)-1], w.calls[len(w.calls)-1], len(w.calls)
 }
@@ -352,7 +352,7 @@ func TestNodesWatch(t *testing.T) {
 			t.Fatalf("first call: %d calls, baseline %d, assignment of %d", n, b.Version, a.BaselineVersion)
 		}
 
-		if _, err := op.AddMember(ctx, cachenode.Member{ID: "n4"}); err != nil {
+		if _, err := op.AddMember(ctx, partition.Member{ID: "n4"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := op.RemoveMember(ctx, "n1"); err != nil {
@@ -387,7 +387,7 @@ func TestNodesWatch(t *testing.T) {
 		}
 		w.Stop()
 		_, _, before := log.last()
-		if _, err := op.AddMember(ctx, cachenode.Member{ID: "n5"}); err != nil {
+		if _, err := op.AddMember(ctx, partition.Member{ID: "n5"}); err != nil {
 			t.Fatal(err)
 		}
 		// A fresh watcher sees the change: the old one had its chance.

@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/cachebus/cachebus/bus"
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -61,7 +61,7 @@ func (c *baselineConfig) explicit() bool {
 
 // checkOptions rejects backup settings Assign would.
 func (c *baselineConfig) checkOptions() error {
-	_, err := cachenode.Assign(cachenode.Baseline{}, c.Backups, c.CrossDC)
+	_, err := partition.Assign(partition.Baseline{}, c.Backups, c.CrossDC)
 	if err != nil {
 		return usagef("--backups %d --cross-dc=%v: %v", c.Backups, c.CrossDC, strings.TrimPrefix(err.Error(), "cachenode: "))
 	}
@@ -95,7 +95,7 @@ func runBaseline(ctx context.Context, env *runEnv, cfgAny any, args []string) er
 		if err := cfg.checkOptions(); err != nil {
 			return err
 		}
-		edit = func(cachenode.Baseline, cachenode.Assignment) ([]cachenode.Member, int, bool, error) {
+		edit = func(partition.Baseline, partition.Assignment) ([]partition.Member, int, bool, error) {
 			return members, cfg.Backups, cfg.CrossDC, nil
 		}
 	case "add":
@@ -146,10 +146,10 @@ func runBaseline(ctx context.Context, env *runEnv, cfgAny any, args []string) er
 
 // parseMembers reads ID[@DC][:WEIGHT] arguments and checks them as a
 // baseline.
-func parseMembers(args []string) ([]cachenode.Member, error) {
-	members := make([]cachenode.Member, 0, len(args))
+func parseMembers(args []string) ([]partition.Member, error) {
+	members := make([]partition.Member, 0, len(args))
 	for _, a := range args {
-		m := cachenode.Member{ID: a}
+		m := partition.Member{ID: a}
 		if id, w, ok := strings.Cut(a, ":"); ok {
 			weight, err := strconv.ParseFloat(w, 64)
 			if err != nil || !(weight > 0) || math.IsInf(weight, 0) {
@@ -168,7 +168,7 @@ func parseMembers(args []string) ([]cachenode.Member, error) {
 		}
 		members = append(members, m)
 	}
-	if err := (cachenode.Baseline{Members: members}).Validate(); err != nil {
+	if err := (partition.Baseline{Members: members}).Validate(); err != nil {
 		return nil, usagef("%s", strings.TrimPrefix(err.Error(), "cachenode: "))
 	}
 	return members, nil
@@ -198,7 +198,7 @@ func printChange(w io.Writer, ch persistence.Change) {
 		ch.Baseline.Version, strings.Join(ids, " "), plural(a.Backups, "backup", "backups"), onOff(a.CrossDC))
 	prim, sets := ch.Moved()
 	fmt.Fprintf(w, "moved %d of %d primaries and %d replica sets (assignment version %d)\n",
-		prim, cachenode.Partitions, sets, a.Version)
+		prim, partition.Partitions, sets, a.Version)
 	if ch.Superseded {
 		fmt.Fprintln(w, "note: another change followed at once; its assignment is in force")
 	}
@@ -218,8 +218,8 @@ type baselineReport struct {
 }
 
 type memberReport struct {
-	cachenode.Member
-	cachenode.Share
+	partition.Member
+	partition.Share
 }
 
 func showBaseline(ctx context.Context, env *runEnv, cfg *baselineConfig) error {

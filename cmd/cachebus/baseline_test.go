@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus/bustest"
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/persistence"
 )
 
@@ -75,8 +75,8 @@ func TestBaselineCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := make(chan cachenode.Baseline, 16)
-	w, err := nodes.Watch(baselineCtx(t), func(b cachenode.Baseline, _ cachenode.Assignment) {
+	seen := make(chan partition.Baseline, 16)
+	w, err := nodes.Watch(baselineCtx(t), func(b partition.Baseline, _ partition.Assignment) {
 		select {
 		case seen <- b:
 		default: // the test looks at the first few only

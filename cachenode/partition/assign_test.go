@@ -1,4 +1,4 @@
-package cachenode_test
+package partition_test
 
 import (
 	"cmp"
@@ -10,20 +10,20 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 )
 
-func members(ids ...string) []cachenode.Member {
-	out := make([]cachenode.Member, len(ids))
+func members(ids ...string) []partition.Member {
+	out := make([]partition.Member, len(ids))
 	for i, id := range ids {
-		out[i] = cachenode.Member{ID: id}
+		out[i] = partition.Member{ID: id}
 	}
 	return out
 }
 
-func mustAssign(t testing.TB, b cachenode.Baseline, backups int, crossDC bool) cachenode.Assignment {
+func mustAssign(t testing.TB, b partition.Baseline, backups int, crossDC bool) partition.Assignment {
 	t.Helper()
-	a, err := cachenode.Assign(b, backups, crossDC)
+	a, err := partition.Assign(b, backups, crossDC)
 	if err != nil {
 		t.Fatalf("Assign(%v, %d, %v): %v", b.Members, backups, crossDC, err)
 	}
@@ -48,12 +48,12 @@ func TestScoreVectors(t *testing.T) {
 		{"node-a", 2.5, 7, 0.6340512231621263},
 		{"cache-eu-1", 1, 512, 0.8966496185325723},
 	} {
-		got := cachenode.Score(v.id, v.weight, v.p)
+		got := partition.Score(v.id, v.weight, v.p)
 		if math.Abs(got-v.score) > 4e-16*v.score {
 			t.Errorf("Score(%q, %g, %d) = %.17g, reference %.17g", v.id, v.weight, v.p, got, v.score)
 		}
 	}
-	a := mustAssign(t, cachenode.Baseline{Members: members("n1", "n2", "n3")}, 1, false)
+	a := mustAssign(t, partition.Baseline{Members: members("n1", "n2", "n3")}, 1, false)
 	for p, want := range map[int][]string{
 		0: {"n3", "n2"}, 5: {"n1", "n3"}, 7: {"n3", "n1"}, 8: {"n2", "n3"}, 14: {"n1", "n2"}, 1023: {"n1", "n2"},
 	} {
@@ -66,11 +66,11 @@ func TestScoreVectors(t *testing.T) {
 // TestAssignDeterministic checks that the table depends on the members,
 // not on their order or on the call.
 func TestAssignDeterministic(t *testing.T) {
-	ms := []cachenode.Member{
+	ms := []partition.Member{
 		{ID: "a", DC: "dc1"}, {ID: "b", DC: "dc1", Weight: 2}, {ID: "c", DC: "dc2"},
 		{ID: "d", DC: "dc2", Weight: 0.5}, {ID: "e", DC: "dc3"},
 	}
-	first := mustAssign(t, cachenode.Baseline{Version: 7, Members: ms}, 2, true)
+	first := mustAssign(t, partition.Baseline{Version: 7, Members: ms}, 2, true)
 	if first.BaselineVersion != 7 || first.Backups != 2 || !first.CrossDC {
 		t.Fatalf("assignment header %d %d %v", first.BaselineVersion, first.Backups, first.CrossDC)
 	}
@@ -78,15 +78,15 @@ func TestAssignDeterministic(t *testing.T) {
 	for range 10 {
 		shuffled := slices.Clone(ms)
 		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		again := mustAssign(t, cachenode.Baseline{Version: 7, Members: shuffled}, 2, true)
+		again := mustAssign(t, partition.Baseline{Version: 7, Members: shuffled}, 2, true)
 		if !equalOwners(first, again) {
 			t.Fatalf("order %v gives another table", shuffled)
 		}
 	}
 }
 
-func equalOwners(a, b cachenode.Assignment) bool {
-	for p := range cachenode.Partitions {
+func equalOwners(a, b partition.Assignment) bool {
+	for p := range partition.Partitions {
 		if !slices.Equal(a.Owners[p], b.Owners[p]) {
 			return false
 		}
@@ -96,14 +96,14 @@ func equalOwners(a, b cachenode.Assignment) bool {
 
 // ranked returns the baseline's ids for partition p by descending score,
 // ties by id: the natural order of owners.
-func ranked(b cachenode.Baseline, p int) []string {
+func ranked(b partition.Baseline, p int) []string {
 	type sc struct {
 		id string
 		s  float64
 	}
 	var all []sc
 	for _, m := range b.Members {
-		all = append(all, sc{m.ID, cachenode.Score(m.ID, m.Weight, p)})
+		all = append(all, sc{m.ID, partition.Score(m.ID, m.Weight, p)})
 	}
 	slices.SortFunc(all, func(x, y sc) int {
 		if x.s != y.s {
@@ -128,14 +128,14 @@ func ranked(b cachenode.Baseline, p int) []string {
 // number of owners, that they are distinct members, that the primary is the
 // best-scored member, and the data-center rule.
 func TestAssignRules(t *testing.T) {
-	dcMembers := []cachenode.Member{
+	dcMembers := []partition.Member{
 		{ID: "eu-1", DC: "eu"}, {ID: "eu-2", DC: "eu"}, {ID: "eu-3", DC: "eu", Weight: 3},
 		{ID: "us-1", DC: "us"}, {ID: "ap-1", DC: "ap", Weight: 0.3},
 	}
-	twoDC := []cachenode.Member{{ID: "a1", DC: "a"}, {ID: "a2", DC: "a"}, {ID: "a3", DC: "a"}, {ID: "b1", DC: "b"}}
+	twoDC := []partition.Member{{ID: "a1", DC: "a"}, {ID: "a2", DC: "a"}, {ID: "a3", DC: "a"}, {ID: "b1", DC: "b"}}
 	cases := []struct {
 		name    string
-		members []cachenode.Member
+		members []partition.Member
 		backups int
 		crossDC bool
 	}{
@@ -155,7 +155,7 @@ func TestAssignRules(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := cachenode.Baseline{Version: 3, Members: tc.members}
+			b := partition.Baseline{Version: 3, Members: tc.members}
 			a := mustAssign(t, b, tc.backups, tc.crossDC)
 			dcOf := map[string]string{}
 			for _, m := range tc.members {
@@ -164,7 +164,7 @@ func TestAssignRules(t *testing.T) {
 			multiDC := len(b.DCs()) > 1
 			want := min(tc.backups+1, len(tc.members))
 			crossFixes := 0
-			for p := range cachenode.Partitions {
+			for p := range partition.Partitions {
 				owners := a.Owners[p]
 				if len(owners) != want {
 					t.Fatalf("partition %d: %d owners %v, want %d", p, len(owners), owners, want)
@@ -219,22 +219,22 @@ func TestAssignRules(t *testing.T) {
 }
 
 // primaryShare returns each member's fraction of the primaries.
-func primaryShare(a cachenode.Assignment) map[string]float64 {
+func primaryShare(a partition.Assignment) map[string]float64 {
 	out := map[string]float64{}
 	for id, s := range a.Shares() {
-		out[id] = float64(s.Primary) / cachenode.Partitions
+		out[id] = float64(s.Primary) / partition.Partitions
 	}
 	return out
 }
 
 // randomIDs returns n baselines of k members with made-up ids, the same
 // on every run.
-func randomIDs(n, k int) [][]cachenode.Member {
+func randomIDs(n, k int) [][]partition.Member {
 	rng := rand.New(rand.NewPCG(42, 7))
-	out := make([][]cachenode.Member, n)
+	out := make([][]partition.Member, n)
 	for i := range out {
 		for j := range k {
-			out[i] = append(out[i], cachenode.Member{ID: fmt.Sprintf("node-%x-%d", rng.Uint32(), j)})
+			out[i] = append(out[i], partition.Member{ID: fmt.Sprintf("node-%x-%d", rng.Uint32(), j)})
 		}
 	}
 	return out
@@ -243,7 +243,7 @@ func randomIDs(n, k int) [][]cachenode.Member {
 // binomialSD is the standard deviation of how many of the partitions a
 // member with probability p of each gets: what any random assignment of
 // 1024 partitions shows, and what a good hash must not exceed.
-func binomialSD(p float64) float64 { return math.Sqrt(cachenode.Partitions * p * (1 - p)) }
+func binomialSD(p float64) float64 { return math.Sqrt(partition.Partitions * p * (1 - p)) }
 
 // TestAssignBalance checks that equal members share the primaries evenly:
 // each of n1, n2, n3 within ±10% of a third; and, over 300 other
@@ -251,7 +251,7 @@ func binomialSD(p float64) float64 { return math.Sqrt(cachenode.Partitions * p *
 // random draw's (the best rendezvous hashing can do), for primaries and
 // backups alike.
 func TestAssignBalance(t *testing.T) {
-	a := mustAssign(t, cachenode.Baseline{Members: members("n1", "n2", "n3")}, 1, false)
+	a := mustAssign(t, partition.Baseline{Members: members("n1", "n2", "n3")}, 1, false)
 	for id, got := range primaryShare(a) {
 		if math.Abs(got-1.0/3) > 0.1/3 {
 			t.Errorf("%s is primary of %.3f of partitions, want 1/3 ±10%%", id, got)
@@ -262,7 +262,7 @@ func TestAssignBalance(t *testing.T) {
 	var primSq, backSq float64
 	outside, count := 0, 0
 	for _, ms := range randomIDs(300, 3) {
-		a := mustAssign(t, cachenode.Baseline{Members: ms}, 1, false)
+		a := mustAssign(t, partition.Baseline{Members: ms}, 1, false)
 		for _, s := range a.Shares() {
 			dp, db := float64(s.Primary)-1024.0/3, float64(s.Backup)-1024.0/3
 			primSq, backSq = primSq+dp*dp, backSq+db*db
@@ -297,10 +297,10 @@ func TestAssignWeights(t *testing.T) {
 			for i := range ms {
 				ms[i].Weight = weights[i]
 			}
-			shares := primaryShare(mustAssign(t, cachenode.Baseline{Members: ms}, 1, false))
+			shares := primaryShare(mustAssign(t, partition.Baseline{Members: ms}, 1, false))
 			for i, m := range ms {
 				want := cmp.Or(m.Weight, 1) / total
-				if got := shares[m.ID]; math.Abs(got-want)*cachenode.Partitions > 4*binomialSD(want) {
+				if got := shares[m.ID]; math.Abs(got-want)*partition.Partitions > 4*binomialSD(want) {
 					t.Errorf("weights %v: %s has %.3f of primaries, want %.3f", weights, m.ID, got, want)
 				}
 				mean[i] += shares[m.ID] / float64(len(sets))
@@ -321,32 +321,32 @@ func TestAssignWeights(t *testing.T) {
 // 1.1 × 1024/4), all of them its own, and leaving again moves only its
 // partitions back.
 func TestAssignJoinLeave(t *testing.T) {
-	bound := int(math.Floor(1.1 * cachenode.Partitions / 4))
+	bound := int(math.Floor(1.1 * partition.Partitions / 4))
 	for _, tc := range []struct {
 		name    string
-		three   []cachenode.Member
-		joiner  cachenode.Member
+		three   []partition.Member
+		joiner  partition.Member
 		crossDC bool
 	}{
-		{"n1-n4", members("n1", "n2", "n3"), cachenode.Member{ID: "n4"}, false},
-		{"cache-1..4", members("cache-1", "cache-2", "cache-3"), cachenode.Member{ID: "cache-4"}, false},
-		{"two DCs cross-dc", []cachenode.Member{{ID: "a1", DC: "a"}, {ID: "a2", DC: "a"}, {ID: "b1", DC: "b"}},
-			cachenode.Member{ID: "b2", DC: "b"}, true},
+		{"n1-n4", members("n1", "n2", "n3"), partition.Member{ID: "n4"}, false},
+		{"cache-1..4", members("cache-1", "cache-2", "cache-3"), partition.Member{ID: "cache-4"}, false},
+		{"two DCs cross-dc", []partition.Member{{ID: "a1", DC: "a"}, {ID: "a2", DC: "a"}, {ID: "b1", DC: "b"}},
+			partition.Member{ID: "b2", DC: "b"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b3 := cachenode.Baseline{Version: 1, Members: tc.three}
-			b4 := cachenode.Baseline{Version: 2, Members: append(slices.Clone(tc.three), tc.joiner)}
+			b3 := partition.Baseline{Version: 1, Members: tc.three}
+			b4 := partition.Baseline{Version: 2, Members: append(slices.Clone(tc.three), tc.joiner)}
 			a3 := mustAssign(t, b3, 1, tc.crossDC)
 			a4 := mustAssign(t, b4, 1, tc.crossDC)
 			joiner := tc.joiner.ID
 
-			prim, sets := cachenode.Moved(a3, a4)
+			prim, sets := partition.Moved(a3, a4)
 			t.Logf("3→4: %d primaries moved (bound %d, ideal %d), %d replica sets changed (ideal %d)",
-				prim, bound, cachenode.Partitions/4, sets, cachenode.Partitions/2)
+				prim, bound, partition.Partitions/4, sets, partition.Partitions/2)
 			if prim > bound {
 				t.Errorf("3→4 moved %d primaries, bound %d", prim, bound)
 			}
-			for p := range cachenode.Partitions {
+			for p := range partition.Partitions {
 				if a3.Primary(p) != a4.Primary(p) && a4.Primary(p) != joiner {
 					t.Fatalf("3→4: partition %d primary %s → %s, not to the joiner", p, a3.Primary(p), a4.Primary(p))
 				}
@@ -356,14 +356,14 @@ func TestAssignJoinLeave(t *testing.T) {
 			}
 
 			// 4→3: the joiner leaves again.
-			prim, sets = cachenode.Moved(a4, a3)
+			prim, sets = partition.Moved(a4, a3)
 			leaver := a4.Shares()[joiner]
 			t.Logf("4→3: %d primaries moved (the leaver had %d), %d replica sets changed (the leaver was in %d)",
 				prim, leaver.Primary, sets, leaver.Primary+leaver.Backup)
 			if prim != leaver.Primary {
 				t.Errorf("4→3 moved %d primaries, the leaver had %d", prim, leaver.Primary)
 			}
-			for p := range cachenode.Partitions {
+			for p := range partition.Partitions {
 				if a4.Primary(p) != a3.Primary(p) && a4.Primary(p) != joiner {
 					t.Fatalf("4→3: partition %d primary %s → %s, not the leaver's", p, a4.Primary(p), a3.Primary(p))
 				}
@@ -382,14 +382,14 @@ func TestAssignJoinLeave(t *testing.T) {
 // three: on average it takes a quarter of the primaries and half of the
 // replica sets (with one backup), the least any assignment can move.
 func TestAssignJoinStatistics(t *testing.T) {
-	bound := int(math.Floor(1.1 * cachenode.Partitions / 4))
+	bound := int(math.Floor(1.1 * partition.Partitions / 4))
 	var primSum, setSum float64
 	over := 0
 	sets := randomIDs(300, 4)
 	for _, ms := range sets {
-		prim, rs := cachenode.Moved(
-			mustAssign(t, cachenode.Baseline{Members: ms[:3]}, 1, false),
-			mustAssign(t, cachenode.Baseline{Members: ms}, 1, false))
+		prim, rs := partition.Moved(
+			mustAssign(t, partition.Baseline{Members: ms[:3]}, 1, false),
+			mustAssign(t, partition.Baseline{Members: ms}, 1, false))
 		primSum, setSum = primSum+float64(prim), setSum+float64(rs)
 		if prim > bound {
 			over++
@@ -404,17 +404,17 @@ func TestAssignJoinStatistics(t *testing.T) {
 }
 
 func TestMoved(t *testing.T) {
-	var a, b cachenode.Assignment
+	var a, b partition.Assignment
 	a.Owners[0], b.Owners[0] = []string{"x", "y"}, []string{"y", "x"} // roles swap
 	a.Owners[1], b.Owners[1] = []string{"x", "y"}, []string{"x", "z"} // backup moves
 	a.Owners[2], b.Owners[2] = []string{"x"}, []string{"z"}           // primary moves
 	a.Owners[3], b.Owners[3] = nil, []string{"x"}                     // first owner
 	a.Owners[4], b.Owners[4] = []string{"x", "y"}, []string{"x", "y"} // unchanged
-	prim, sets := cachenode.Moved(a, b)
+	prim, sets := partition.Moved(a, b)
 	if prim != 3 || sets != 3 {
 		t.Fatalf("Moved = %d primaries, %d replica sets; want 3, 3", prim, sets)
 	}
-	if p, s := cachenode.Moved(b, b); p != 0 || s != 0 {
+	if p, s := partition.Moved(b, b); p != 0 || s != 0 {
 		t.Fatalf("Moved(b, b) = %d, %d", p, s)
 	}
 }
@@ -423,25 +423,25 @@ func TestMoved(t *testing.T) {
 func TestAssignRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		members []cachenode.Member
+		members []partition.Member
 		backups int
 		crossDC bool
 		want    error
 		says    string
 	}{
-		{"duplicate", members("n1", "n2", "n1"), 1, false, cachenode.ErrDuplicateMember, `"n1" is listed twice`},
-		{"empty id", members("n1", ""), 1, false, cachenode.ErrBadMember, "id must match"},
-		{"dotted id", members("n.1"), 1, false, cachenode.ErrBadMember, `got "n.1"`},
-		{"long id", members(fmt.Sprintf("%065d", 0)), 1, false, cachenode.ErrBadMember, "id must match"},
-		{"bad dc", []cachenode.Member{{ID: "n1", DC: "eu west"}}, 1, false, cachenode.ErrBadMember, "dc must match"},
-		{"negative weight", []cachenode.Member{{ID: "n1", Weight: -1}}, 1, false, cachenode.ErrBadMember, "weight must be a positive number, got -1"},
-		{"NaN weight", []cachenode.Member{{ID: "n1", Weight: math.NaN()}}, 1, false, cachenode.ErrBadMember, "weight"},
-		{"infinite weight", []cachenode.Member{{ID: "n1", Weight: math.Inf(1)}}, 1, false, cachenode.ErrBadMember, "weight"},
-		{"negative backups", members("n1"), -1, false, cachenode.ErrBadBackups, "got -1"},
-		{"cross-dc without backups", members("n1"), 0, true, cachenode.ErrBadBackups, "at least one backup"},
+		{"duplicate", members("n1", "n2", "n1"), 1, false, partition.ErrDuplicateMember, `"n1" is listed twice`},
+		{"empty id", members("n1", ""), 1, false, partition.ErrBadMember, "id must match"},
+		{"dotted id", members("n.1"), 1, false, partition.ErrBadMember, `got "n.1"`},
+		{"long id", members(fmt.Sprintf("%065d", 0)), 1, false, partition.ErrBadMember, "id must match"},
+		{"bad dc", []partition.Member{{ID: "n1", DC: "eu west"}}, 1, false, partition.ErrBadMember, "dc must match"},
+		{"negative weight", []partition.Member{{ID: "n1", Weight: -1}}, 1, false, partition.ErrBadMember, "weight must be a positive number, got -1"},
+		{"NaN weight", []partition.Member{{ID: "n1", Weight: math.NaN()}}, 1, false, partition.ErrBadMember, "weight"},
+		{"infinite weight", []partition.Member{{ID: "n1", Weight: math.Inf(1)}}, 1, false, partition.ErrBadMember, "weight"},
+		{"negative backups", members("n1"), -1, false, partition.ErrBadBackups, "got -1"},
+		{"cross-dc without backups", members("n1"), 0, true, partition.ErrBadBackups, "at least one backup"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := cachenode.Assign(cachenode.Baseline{Members: tc.members}, tc.backups, tc.crossDC)
+			_, err := partition.Assign(partition.Baseline{Members: tc.members}, tc.backups, tc.crossDC)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err %v, want %v", err, tc.want)
 			}
@@ -453,7 +453,7 @@ func TestAssignRejects(t *testing.T) {
 }
 
 func TestMemberString(t *testing.T) {
-	for m, want := range map[cachenode.Member]string{
+	for m, want := range map[partition.Member]string{
 		{ID: "n1"}:                        "n1",
 		{ID: "n1", DC: "eu"}:              "n1@eu",
 		{ID: "n1", Weight: 2.5}:           "n1:2.5",
@@ -469,14 +469,14 @@ func TestMemberString(t *testing.T) {
 func BenchmarkAssign(b *testing.B) {
 	for _, n := range []int{3, 50} {
 		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
-			ms := make([]cachenode.Member, n)
+			ms := make([]partition.Member, n)
 			for i := range ms {
-				ms[i] = cachenode.Member{ID: fmt.Sprintf("node-%d", i), DC: fmt.Sprintf("dc%d", i%3)}
+				ms[i] = partition.Member{ID: fmt.Sprintf("node-%d", i), DC: fmt.Sprintf("dc%d", i%3)}
 			}
-			bl := cachenode.Baseline{Members: ms}
+			bl := partition.Baseline{Members: ms}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := cachenode.Assign(bl, 2, true); err != nil {
+				if _, err := partition.Assign(bl, 2, true); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,4 +1,4 @@
-package cachenode
+package partition
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package cachenode
+package partition
 
 // Partitions is the number of partitions the key space of the cache tier is
 // split into. It is part of the wire contract: every client and node must

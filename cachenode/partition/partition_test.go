@@ -1,11 +1,11 @@
-package cachenode_test
+package partition_test
 
 import (
 	"fmt"
 	"hash/fnv"
 	"testing"
 
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 )
 
 // partitionVectors are the test vectors of docs/PROTOCOL.md, "Partitions
@@ -35,7 +35,7 @@ func TestPartitionOfVectors(t *testing.T) {
 			if got := fmt.Sprintf("%016x", h.Sum64()); got != v.hash {
 				t.Errorf("FNV-1a 64 of %q = %s, vector says %s", v.key, got, v.hash)
 			}
-			if got := cachenode.PartitionOf(v.key); got != v.partition {
+			if got := partition.PartitionOf(v.key); got != v.partition {
 				t.Errorf("PartitionOf(%q) = %d, want %d", v.key, got, v.partition)
 			}
 		})
@@ -50,21 +50,21 @@ func TestPartitionOfMatchesStdlib(t *testing.T) {
 		key := fmt.Sprintf("key:%d", i)
 		h := fnv.New64a()
 		h.Write([]byte(key))
-		want := int(h.Sum64() % cachenode.Partitions)
-		got := cachenode.PartitionOf(key)
+		want := int(h.Sum64() % partition.Partitions)
+		got := partition.PartitionOf(key)
 		if got != want {
 			t.Fatalf("PartitionOf(%q) = %d, hash/fnv gives %d", key, got, want)
 		}
 		seen[got] = true
 	}
-	if len(seen) != cachenode.Partitions {
-		t.Errorf("20000 keys hit %d of %d partitions", len(seen), cachenode.Partitions)
+	if len(seen) != partition.Partitions {
+		t.Errorf("20000 keys hit %d of %d partitions", len(seen), partition.Partitions)
 	}
 }
 
 func BenchmarkPartitionOf(b *testing.B) {
 	key := "session:8f14e45fceea167a"
 	for b.Loop() {
-		_ = cachenode.PartitionOf(key)
+		_ = partition.PartitionOf(key)
 	}
 }
