@@ -36,12 +36,32 @@ func ValidName(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !nameByte(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func nameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+// SanitizeName turns s (a host name, say) into a valid name: bytes a name
+// cannot hold become '-', it is cut to 64 bytes and stripped of dashes at
+// either end; fallback is returned when nothing is left.
+func SanitizeName(s, fallback string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !nameByte(c) {
+			b[i] = '-'
+		}
+	}
+	out := strings.Trim(string(b[:min(len(b), 64)]), "-")
+	if out == "" {
+		return fallback
+	}
+	return out
 }
 
 // ValidRole reports whether role is one of the roles of DESIGN.md.

@@ -275,6 +275,16 @@ func (s *Subscriber) WaitSeq(ctx context.Context, seq uint64) error {
 	}
 }
 
+// Sync waits until the subscriber has processed every event the log held
+// when Sync was called.
+func (s *Subscriber) Sync(ctx context.Context) error {
+	info, err := s.streamInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("bus: sync: %w", err)
+	}
+	return s.WaitSeq(ctx, info.State.LastSeq)
+}
+
 // Close stops the subscriptions and waits for the handler's last call to
 // return.
 func (s *Subscriber) Close() {
@@ -496,12 +506,14 @@ func (s *Subscriber) dispatch(subject string, data []byte, origin string, seq ui
 	if s.opts.Self != "" && origin == s.opts.Self {
 		return // applied locally when it was sent
 	}
-	if s.filter != nil {
-		if t, err := s.c.Subjects.Parse(subject); err == nil && t.NS != "" && !s.filter[t.NS] {
-			return
-		}
+	t, err := s.c.Subjects.Parse(subject)
+	if err == nil && s.filter != nil && t.NS != "" && !s.filter[t.NS] {
+		return
 	}
-	ev, err := DecodeEvent(s.c.Subjects, subject, data)
+	var ev Event
+	if err == nil {
+		ev, err = decodeTarget(t, subject, data)
+	}
 	if err != nil {
 		s.c.Metrics.Rejected.WithLabelValues(kindOf(s.c.Subjects, subject), Reason(err)).Inc()
 		s.c.Log.Warn("rejected message", "sub", s.opts.Name, "subject", subject, "seq", seq, "via", via,
@@ -590,6 +602,11 @@ func DecodeEvent(subjects Subjects, subject string, data []byte) (Event, error) 
 	if err != nil {
 		return Event{}, err
 	}
+	return decodeTarget(t, subject, data)
+}
+
+// decodeTarget decodes the payload of an event whose subject is parsed.
+func decodeTarget(t Target, subject string, data []byte) (Event, error) {
 	ev := Event{Kind: t.Kind, Subject: subject, NS: t.NS, Role: t.Role, ID: t.ID}
 	switch t.Kind {
 	case KindExpire:

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,10 +178,7 @@ func (s *Store) space(ns string) (*space, error) {
 	}
 	sp := &space{name: ns, sweep: make(chan struct{}, 1)}
 	sp.cache.Store(c)
-	next := make(map[string]*space, len(cur)+1)
-	for k, v := range cur {
-		next[k] = v
-	}
+	next := maps.Clone(cur)
 	next[ns] = sp
 	s.spaces.Store(&next)
 	s.wg.Add(1)
@@ -263,54 +262,75 @@ func (s *Store) Get(ns, key string) ([]byte, Lookup) {
 		return nil, Miss
 	}
 	entry, err := sp.cache.Load().Get(key)
-	if err != nil || len(entry) < headerLen {
+	if err != nil {
 		return nil, Miss
 	}
-	deadline := int64(binary.LittleEndian.Uint64(entry[0:]))
-	hard := int64(binary.LittleEndian.Uint64(entry[8:]))
-	seq := binary.LittleEndian.Uint64(entry[16:])
-	ntags := int(binary.LittleEndian.Uint16(entry[24:]))
-	tagsEnd := headerLen
-	for range ntags {
-		if tagsEnd+2 > len(entry) {
-			return nil, Miss
-		}
-		tagsEnd += 2 + int(binary.LittleEndian.Uint16(entry[tagsEnd:]))
-	}
-	if tagsEnd > len(entry) {
+	h, ok := parseEntry(entry)
+	if !ok || h.seq <= sp.flushedAt.Load() {
 		return nil, Miss
 	}
-	if seq <= sp.flushedAt.Load() {
-		return nil, Miss
-	}
-	if r := sp.rules.Load(); r != nil && r.covers(key, seq, entry[headerLen:tagsEnd], ntags) {
+	if r := sp.rules.Load(); r != nil && r.covers(key, h) {
 		return nil, Miss
 	}
 	switch t := now(); {
-	case t < deadline:
-		return entry[tagsEnd:], Hit
-	case t < hard:
-		return entry[tagsEnd:], Stale
+	case t < h.deadline:
+		return entry[h.valueAt:], Hit
+	case t < h.hard:
+		return entry[h.valueAt:], Stale
 	}
 	return nil, Miss
 }
 
-// covers reports whether a flush recorded after seq drops the entry.
-func (r *flushRules) covers(key string, seq uint64, tagBytes []byte, ntags int) bool {
+// entryHeader is what parseEntry reads in front of a stored value.
+type entryHeader struct {
+	deadline, hard int64 // unix ns: end of fresh, end of stale grace
+	seq            uint64
+	ntags          int
+	tags           []byte // the encoded tags: per tag, length (2) and bytes
+	valueAt        int
+}
+
+// parseEntry reads an entry's header; ok is false for a truncated one.
+func parseEntry(entry []byte) (h entryHeader, ok bool) {
+	if len(entry) < headerLen {
+		return h, false
+	}
+	h.deadline = int64(binary.LittleEndian.Uint64(entry[0:]))
+	h.hard = int64(binary.LittleEndian.Uint64(entry[8:]))
+	h.seq = binary.LittleEndian.Uint64(entry[16:])
+	h.ntags = int(binary.LittleEndian.Uint16(entry[24:]))
+	end := headerLen
+	for range h.ntags {
+		if end+2 > len(entry) {
+			return h, false
+		}
+		end += 2 + int(binary.LittleEndian.Uint16(entry[end:]))
+	}
+	if end > len(entry) {
+		return h, false
+	}
+	h.tags, h.valueAt = entry[headerLen:end], end
+	return h, true
+}
+
+// covers reports whether a flush recorded after the entry was written
+// drops it.
+func (r *flushRules) covers(key string, h entryHeader) bool {
 	for _, p := range r.prefixes {
-		if seq <= p.seq && strings.HasPrefix(key, p.prefix) {
+		if h.seq <= p.seq && strings.HasPrefix(key, p.prefix) {
 			return true
 		}
 	}
 	if len(r.tags) == 0 {
 		return false
 	}
-	for range ntags {
-		n := int(binary.LittleEndian.Uint16(tagBytes))
-		if at, ok := r.tags[string(tagBytes[2:2+n])]; ok && seq <= at {
+	tags := h.tags
+	for range h.ntags {
+		n := int(binary.LittleEndian.Uint16(tags))
+		if at, ok := r.tags[string(tags[2:2+n])]; ok && h.seq <= at {
 			return true
 		}
-		tagBytes = tagBytes[2+n:]
+		tags = tags[2+n:]
 	}
 	return false
 }
@@ -347,9 +367,7 @@ func (s *Store) addRule(ns string, add func(*flushRules, uint64)) {
 	next := &flushRules{tags: map[string]uint64{}}
 	if cur := sp.rules.Load(); cur != nil {
 		next.prefixes = append(next.prefixes, cur.prefixes...)
-		for k, v := range cur.tags {
-			next.tags[k] = v
-		}
+		maps.Copy(next.tags, cur.tags)
 	}
 	add(next, s.seq.Add(1))
 	sp.rules.Store(next)
@@ -473,23 +491,7 @@ func (s *Store) sweepRules(sp *space, r *flushRules) {
 		if err != nil {
 			continue
 		}
-		entry := ei.Value()
-		if len(entry) < headerLen {
-			continue
-		}
-		seq := binary.LittleEndian.Uint64(entry[16:])
-		ntags := int(binary.LittleEndian.Uint16(entry[24:]))
-		end := headerLen
-		for range ntags {
-			if end+2 > len(entry) {
-				break
-			}
-			end += 2 + int(binary.LittleEndian.Uint16(entry[end:]))
-		}
-		if end > len(entry) {
-			continue
-		}
-		if r.covers(ei.Key(), seq, entry[headerLen:end], ntags) {
+		if h, ok := parseEntry(ei.Value()); ok && r.covers(ei.Key(), h) {
 			_ = sp.cache.Load().Delete(ei.Key())
 		}
 	}
@@ -498,7 +500,7 @@ func (s *Store) sweepRules(sp *space, r *flushRules) {
 	cur := sp.rules.Load()
 	next := &flushRules{tags: map[string]uint64{}}
 	for _, p := range cur.prefixes {
-		if !containsPrefix(r.prefixes, p) {
+		if !slices.Contains(r.prefixes, p) {
 			next.prefixes = append(next.prefixes, p)
 		}
 	}
@@ -511,13 +513,4 @@ func (s *Store) sweepRules(sp *space, r *flushRules) {
 		next = nil
 	}
 	sp.rules.Store(next)
-}
-
-func containsPrefix(list []prefixRule, p prefixRule) bool {
-	for _, q := range list {
-		if q == p {
-			return true
-		}
-	}
-	return false
 }

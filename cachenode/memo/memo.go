@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
@@ -69,7 +68,7 @@ func New(ctx context.Context, conn *bus.Conn, opts Options) (*Client, error) {
 	}
 	if opts.ID == "" {
 		host, _ := os.Hostname()
-		opts.ID = sanitize(fmt.Sprintf("memo-%s-%d", host, os.Getpid()))
+		opts.ID = bus.SanitizeName(fmt.Sprintf("memo-%s-%d", host, os.Getpid()), "memo")
 	}
 	if opts.Codec == nil {
 		opts.Codec = JSON{}
@@ -111,16 +110,6 @@ func New(ctx context.Context, conn *bus.Conn, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("memo: %w", err)
 	}
 	return c, nil
-}
-
-func sanitize(s string) string {
-	out := []byte(s)
-	for i, ch := range out {
-		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '_' || ch == '-') {
-			out[i] = '-'
-		}
-	}
-	return strings.Trim(string(out[:min(len(out), 64)]), "-")
 }
 
 // Namespace is the namespace the client memoizes into.
@@ -320,15 +309,10 @@ func originLabel(o string) string {
 // Sync was called: after a peer's Flush returns, Sync on this client makes
 // its next Do see the flush.
 func (c *Client) Sync(ctx context.Context) error {
-	st, err := c.conn.JS.Stream(ctx, c.conn.Subjects.EventStream())
-	if err != nil {
-		return fmt.Errorf("memo: sync: %w", err)
+	if err := c.sub.Sync(ctx); err != nil {
+		return fmt.Errorf("memo: %w", err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("memo: sync: %w", err)
-	}
-	return c.sub.WaitSeq(ctx, info.State.LastSeq)
+	return nil
 }
 
 // Fallback reports whether the cluster's fallback is on for the client's

@@ -37,22 +37,7 @@ func (c *ClientConfig) origin() (string, error) {
 }
 
 // sanitizeID turns s into a valid member or origin id.
-func sanitizeID(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			b[i] = '-'
-		}
-	}
-	out := strings.TrimRight(string(b), "-")
-	if len(out) > 64 {
-		out = out[:64]
-	}
-	if out == "" {
-		return "client"
-	}
-	return out
-}
+func sanitizeID(s string) string { return bus.SanitizeName(s, "client") }
 
 // connect connects a command to NATS, giving up after the configured
 // timeout with an error that says which variable to check.
