@@ -323,34 +323,28 @@ func (s *Server) timeout(r *http.Request) (context.Context, context.CancelFunc) 
 }
 
 func (s *Server) expire(w http.ResponseWriter, r *http.Request) {
-	ns := r.PathValue("ns")
-	c := s.begin(w, r, bus.KindExpire, "ns", ns)
-	if err := bus.CheckNamespace(ns); err != nil {
-		c.fail(err)
-		return
-	}
-	data, ok := c.body()
-	if !ok {
-		return
-	}
-	e, err := bus.DecodeExpire(data)
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	ctx, cancel := s.timeout(r)
-	defer cancel()
-	seq, err := s.opts.Publisher.Expire(ctx, ns, e)
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	c.ok(c.origin(e.Origin), seq)
+	publishNS(s, w, r, bus.KindExpire, bus.DecodeExpire,
+		func(ctx context.Context, ns string, e bus.Expire) (uint64, string, error) {
+			seq, err := s.opts.Publisher.Expire(ctx, ns, e)
+			return seq, e.Origin, err
+		})
 }
 
 func (s *Server) seed(w http.ResponseWriter, r *http.Request) {
+	publishNS(s, w, r, bus.KindSeed, bus.DecodeSeed,
+		func(ctx context.Context, ns string, sd bus.Seed) (uint64, string, error) {
+			seq, err := s.opts.Publisher.Seed(ctx, ns, sd)
+			return seq, sd.Origin, err
+		})
+}
+
+// publishNS serves a verb that publishes one payload to the namespace in
+// the path: check the namespace, decode the body, publish through the
+// acknowledged path, answer with the sequence.
+func publishNS[T any](s *Server, w http.ResponseWriter, r *http.Request, kind string,
+	decode func([]byte) (T, error), publish func(context.Context, string, T) (uint64, string, error)) {
 	ns := r.PathValue("ns")
-	c := s.begin(w, r, bus.KindSeed, "ns", ns)
+	c := s.begin(w, r, kind, "ns", ns)
 	if err := bus.CheckNamespace(ns); err != nil {
 		c.fail(err)
 		return
@@ -359,19 +353,19 @@ func (s *Server) seed(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sd, err := bus.DecodeSeed(data)
+	v, err := decode(data)
 	if err != nil {
 		c.fail(err)
 		return
 	}
 	ctx, cancel := s.timeout(r)
 	defer cancel()
-	seq, err := s.opts.Publisher.Seed(ctx, ns, sd)
+	seq, origin, err := publish(ctx, ns, v)
 	if err != nil {
 		c.fail(err)
 		return
 	}
-	c.ok(c.origin(sd.Origin), seq)
+	c.ok(c.origin(origin), seq)
 }
 
 func (s *Server) fallback(w http.ResponseWriter, r *http.Request) {

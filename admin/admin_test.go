@@ -78,55 +78,9 @@ func (f *fixture) do(t *testing.T, method, path, remote, token string, body []by
 	return w.Code, w.Header(), w.Body.String()
 }
 
-func lastSeq(t *testing.T, c *bus.Conn) uint64 {
+func subscribe(t *testing.T, url, name string) (*bus.Subscriber, *bustest.Recorder) {
 	t.Helper()
-	st, err := c.JS.Stream(context.Background(), c.Subjects.EventStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.LastSeq
-}
-
-// recorder is a Handler that remembers what it was given.
-type recorder struct {
-	mu      sync.Mutex
-	events  []bus.Event
-	flushes int
-}
-
-func (r *recorder) Apply(e bus.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-func (r *recorder) Flush([]string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.flushes++
-}
-
-func (r *recorder) snapshot() ([]bus.Event, int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]bus.Event(nil), r.events...), r.flushes
-}
-
-func subscribe(t *testing.T, url, name string) (*bus.Subscriber, *recorder) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rec := &recorder{}
-	s, err := bus.Subscribe(ctx, bustest.Connect(t, url), rec, bus.SubscriberOptions{Name: name})
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	t.Cleanup(s.Close)
-	return s, rec
+	return bustest.Subscribe(t, bustest.Connect(t, url), bus.SubscriberOptions{Name: name})
 }
 
 type answer struct {
@@ -152,7 +106,7 @@ func TestVerbsAppliedOnce(t *testing.T) {
 	hs := httptest.NewServer(f.srv)
 	t.Cleanup(hs.Close)
 	var subs []*bus.Subscriber
-	var recs []*recorder
+	var recs []*bustest.Recorder
 	for i := range 5 {
 		s, r := subscribe(t, f.tg.URL, fmt.Sprintf("s%d", i))
 		subs, recs = append(subs, s), append(recs, r)
@@ -208,7 +162,7 @@ func TestVerbsAppliedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		cancel()
-		evs, flushes := recs[i].snapshot()
+		evs, flushes := recs[i].Snapshot()
 		if len(evs) != len(posts) || flushes != 0 {
 			t.Fatalf("subscriber %d applied %d events and %d flushes, want %d and 0: %+v", i, len(evs), flushes, len(posts), evs)
 		}
@@ -258,7 +212,7 @@ func TestAccess(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := lastSeq(t, tc.f.conn)
+			before := bustest.LastSeq(t, tc.f.conn)
 			var body []byte
 			if tc.method == "POST" {
 				body = expire
@@ -276,7 +230,7 @@ func TestAccess(t *testing.T) {
 			if w.Code != tc.wantStatus {
 				t.Fatalf("status %d (%s), want %d", w.Code, w.Body, tc.wantStatus)
 			}
-			after := lastSeq(t, tc.f.conn)
+			after := bustest.LastSeq(t, tc.f.conn)
 			if tc.wantErr != "" {
 				a := decodeAnswer(t, w.Body.String())
 				if !strings.Contains(a.Error, tc.wantErr) {
@@ -332,7 +286,7 @@ func TestRejected(t *testing.T) {
 		{"POST on status", "POST", "/v1/status", nil, 405, ""},
 		{"POST on healthz", "POST", "/healthz", nil, 405, ""},
 	}
-	before := lastSeq(t, f.conn)
+	before := bustest.LastSeq(t, f.conn)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			code, hdr, body := f.do(t, tc.method, tc.path, "127.0.0.1:4000", testToken, tc.body)
@@ -365,7 +319,7 @@ func TestRejected(t *testing.T) {
 			t.Fatalf("status %d %s, want 413", w.Code, w.Body)
 		}
 	})
-	if after := lastSeq(t, f.conn); after != before {
+	if after := bustest.LastSeq(t, f.conn); after != before {
 		t.Fatalf("rejected calls published: log at %d, was %d", after, before)
 	}
 }

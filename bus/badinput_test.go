@@ -76,7 +76,7 @@ func TestBadInputRejectedOnce(t *testing.T) {
 		pubConn := bustest.Connect(t, tg.URL)
 		bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
 		subConn := bustest.Connect(t, tg.URL)
-		s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "victim"})
+		s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "victim"})
 		pub, err := bus.NewPublisher(pubConn, "tester")
 		if err != nil {
 			t.Fatal(err)
@@ -136,8 +136,8 @@ func TestBadInputRejectedOnce(t *testing.T) {
 		// stored reach it by the log too: one copy of each is applied or
 		// rejected, the other is a duplicate. Wait until every copy is
 		// accounted for, then check nothing was counted twice.
-		waitSeq(t, s, lastGood)
-		stored := lastSeq(t, pubConn)
+		bustest.WaitSeq(t, s, lastGood)
+		stored := bustest.LastSeq(t, pubConn)
 		m := subConn.Metrics
 		bustest.WaitFor(t, 10*time.Second, "every copy of every message handled", func() bool {
 			handled := counterSum(t, m.Applied, nil) + counterSum(t, m.Rejected, nil) + counterSum(t, m.Duplicates, nil)
@@ -160,10 +160,10 @@ func TestBadInputRejectedOnce(t *testing.T) {
 		if got := counterSum(t, m.Duplicates, nil); got != float64(stored) {
 			t.Errorf("dropped %v duplicates, want one per stored event, %d", got, stored)
 		}
-		if got := rec.keys(); strings.Join(got, ",") != strings.Join(wantKeys, ",") {
+		if got := rec.Keys(); strings.Join(got, ",") != strings.Join(wantKeys, ",") {
 			t.Errorf("applied %v, want %v", got, wantKeys)
 		}
-		if evs, flushes := rec.snapshot(); len(evs) != good || flushes != 0 {
+		if evs, flushes := rec.Snapshot(); len(evs) != good || flushes != 0 {
 			t.Errorf("handler got %d events and %d flushes, want %d and 0", len(evs), flushes, good)
 		}
 		if s.LastSeq() != stored {
@@ -181,7 +181,7 @@ func TestRetryCopiesAppliedOnce(t *testing.T) {
 		pubConn := bustest.Connect(t, tg.URL)
 		bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
 		subConn := bustest.Connect(t, tg.URL)
-		s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "retried"})
+		s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "retried"})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for i := range 20 {
@@ -206,13 +206,13 @@ func TestRetryCopiesAppliedOnce(t *testing.T) {
 		if seq != 21 {
 			t.Fatalf("the log holds %d events, want the 20 retried ones once each and the last", seq)
 		}
-		waitSeq(t, s, seq)
+		bustest.WaitSeq(t, s, seq)
 		// 41 copies reach core, 21 the log: wait for all 62.
 		m := subConn.Metrics
 		bustest.WaitFor(t, 10*time.Second, "every copy handled", func() bool {
 			return counterSum(t, m.Applied, nil)+counterSum(t, m.Duplicates, nil) >= 62
 		})
-		got := rec.keys()
+		got := rec.Keys()
 		if len(got) != 21 {
 			t.Fatalf("applied %d expires, want 21 (each retried event once): %v", len(got), got)
 		}

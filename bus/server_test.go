@@ -143,7 +143,7 @@ func writePEM(t *testing.T, path, kind string, der []byte) {
 func expireRoundTrip(t *testing.T, pubConn, subConn *bus.Conn, key string) {
 	t.Helper()
 	bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
-	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "tls"})
+	s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "tls"})
 	pub, err := bus.NewPublisher(pubConn, "tester")
 	if err != nil {
 		t.Fatal(err)
@@ -154,8 +154,8 @@ func expireRoundTrip(t *testing.T, pubConn, subConn *bus.Conn, key string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitSeq(t, s, seq)
-	if got := rec.keys(); len(got) != 1 || got[0] != key {
+	bustest.WaitSeq(t, s, seq)
+	if got := rec.Keys(); len(got) != 1 || got[0] != key {
 		t.Fatalf("applied %v, want [%s]", got, key)
 	}
 }
@@ -270,7 +270,7 @@ func TestServerUserPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "guarded"})
+	s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "guarded"})
 
 	var mu sync.Mutex
 	var violations []error
@@ -337,8 +337,8 @@ func TestServerUserPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitSeq(t, s, seq)
-	if got := rec.keys(); strings.Join(got, ",") != "admin-core,admin-js" {
+	bustest.WaitSeq(t, s, seq)
+	if got := rec.Keys(); strings.Join(got, ",") != "admin-core,admin-js" {
 		t.Fatalf("applied %v, want only the admin's two expires", got)
 	}
 	if seq != 2 {
@@ -425,7 +425,7 @@ func TestServerCluster(t *testing.T) {
 	survivors := []int{(victim + 1) % n, (victim + 2) % n}
 	pubConn := bustest.Connect(t, servers[survivors[0]].ClientURL())
 	subConn := bustest.Connect(t, servers[survivors[1]].ClientURL())
-	s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "survivor"})
+	s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "survivor"})
 	pub, err := bus.NewPublisher(pubConn, "tester")
 	if err != nil {
 		t.Fatal(err)
@@ -446,7 +446,7 @@ func TestServerCluster(t *testing.T) {
 	for i := range 5 {
 		publish(fmt.Sprintf("before-%d", i))
 	}
-	waitSeq(t, s, 5)
+	bustest.WaitSeq(t, s, 5)
 
 	killed := time.Now()
 	servers[victim].Shutdown()
@@ -458,20 +458,20 @@ func TestServerCluster(t *testing.T) {
 	if last != 10 {
 		t.Fatalf("last event is sequence %d, want 10", last)
 	}
-	bustest.WaitFor(t, 15*time.Second, "survivor applies all 10 expires", func() bool { return len(rec.keys()) >= 10 })
-	if got := rec.keys(); strings.Join(got, ",") != strings.Join(want, ",") {
+	bustest.WaitFor(t, 15*time.Second, "survivor applies all 10 expires", func() bool { return len(rec.Keys()) >= 10 })
+	if got := rec.Keys(); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("survivor applied %v, want %v", got, want)
 	}
 
 	// The log itself kept every event: a subscriber that resumes from the
 	// start on the other survivor replays them all.
 	replayConn := bustest.Connect(t, servers[survivors[0]].ClientURL())
-	replay, replayed := subscribe(t, replayConn, bus.SubscriberOptions{Name: "replay", ResumeAfter: 1})
-	waitSeq(t, replay, 10)
-	if got := replayed.keys(); strings.Join(got, ",") != strings.Join(want[1:], ",") {
+	replay, replayed := bustest.Subscribe(t, replayConn, bus.SubscriberOptions{Name: "replay", ResumeAfter: 1})
+	bustest.WaitSeq(t, replay, 10)
+	if got := replayed.Keys(); strings.Join(got, ",") != strings.Join(want[1:], ",") {
 		t.Fatalf("replay applied %v, want %v", got, want[1:])
 	}
-	if _, flushes := replayed.snapshot(); flushes != 0 {
+	if _, flushes := replayed.Snapshot(); flushes != 0 {
 		t.Fatalf("replay flushed %d times, want 0", flushes)
 	}
 	jsInfo, err := jetstreamInfo(ctx, pubConn)

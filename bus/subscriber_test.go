@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,78 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-// recorder is a Handler that remembers what it was given.
-type recorder struct {
-	mu      sync.Mutex
-	events  []bus.Event
-	flushes [][]string
-}
-
-func (r *recorder) Apply(e bus.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-func (r *recorder) Flush(ns []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.flushes = append(r.flushes, ns)
-}
-
-func (r *recorder) snapshot() ([]bus.Event, int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]bus.Event(nil), r.events...), len(r.flushes)
-}
-
-// keys lists the first key of every expire applied, in order.
-func (r *recorder) keys() []string {
-	evs, _ := r.snapshot()
-	var out []string
-	for _, e := range evs {
-		if e.Expire != nil && len(e.Expire.Keys) > 0 {
-			out = append(out, e.Expire.Keys[0])
-		}
-	}
-	return out
-}
-
-func subscribe(t *testing.T, c *bus.Conn, opts bus.SubscriberOptions) (*bus.Subscriber, *recorder) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rec := &recorder{}
-	s, err := bus.Subscribe(ctx, c, rec, opts)
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	t.Cleanup(s.Close)
-	return s, rec
-}
-
-func lastSeq(t *testing.T, c *bus.Conn) uint64 {
-	t.Helper()
-	st, err := c.JS.Stream(context.Background(), c.Subjects.EventStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.LastSeq
-}
-
-func waitSeq(t *testing.T, s *bus.Subscriber, seq uint64) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := s.WaitSeq(ctx, seq); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func forEachTarget(t *testing.T, fn func(t *testing.T, tg *bustest.Target)) {
 	for _, name := range []string{"embedded", "external"} {
@@ -104,9 +31,9 @@ func TestPublishPathsAppliedOnce(t *testing.T) {
 		pubConn := bustest.Connect(t, tg.URL)
 		bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
 		var subs []*bus.Subscriber
-		var recs []*recorder
+		var recs []*bustest.Recorder
 		for i := range 5 {
-			s, r := subscribe(t, bustest.Connect(t, tg.URL), bus.SubscriberOptions{Name: fmt.Sprintf("s%d", i)})
+			s, r := bustest.Subscribe(t, bustest.Connect(t, tg.URL), bus.SubscriberOptions{Name: fmt.Sprintf("s%d", i)})
 			subs, recs = append(subs, s), append(recs, r)
 		}
 		pub, err := bus.NewPublisher(pubConn, "tester")
@@ -130,14 +57,14 @@ func TestPublishPathsAppliedOnce(t *testing.T) {
 		if err := pubConn.NC.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		bustest.WaitFor(t, 10*time.Second, "4 events in the log", func() bool { return lastSeq(t, pubConn) >= 4 })
+		bustest.WaitFor(t, 10*time.Second, "4 events in the log", func() bool { return bustest.LastSeq(t, pubConn) >= 4 })
 		for i, s := range subs {
-			waitSeq(t, s, 4)
-			got := strings.Join(recs[i].keys(), ",")
+			bustest.WaitSeq(t, s, 4)
+			got := strings.Join(recs[i].Keys(), ",")
 			if got != "api:1,core:1,core:1" {
 				t.Errorf("subscriber %d applied expires %q, want api:1,core:1,core:1", i, got)
 			}
-			evs, flushes := recs[i].snapshot()
+			evs, flushes := recs[i].Snapshot()
 			if len(evs) != 4 || evs[3].Seed == nil || evs[3].Seed.Key != "api:2" || string(evs[3].Seed.Value) != "v" {
 				t.Errorf("subscriber %d events = %+v, want 3 expires then the seed", i, evs)
 			}
@@ -157,14 +84,14 @@ func TestDisconnectedSubscriberCatchesUp(t *testing.T) {
 		bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
 		proxy := bustest.NewProxy(t, strings.TrimPrefix(tg.URL, "nats://"))
 		subConn := bustest.Connect(t, proxy.URL())
-		s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "cut"})
+		s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "cut"})
 		pub, _ := bus.NewPublisher(pubConn, "tester")
 		ctx := context.Background()
 
 		if _, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{"k0"}}); err != nil {
 			t.Fatal(err)
 		}
-		waitSeq(t, s, 1)
+		bustest.WaitSeq(t, s, 1)
 		proxy.Cut()
 		bustest.WaitFor(t, 10*time.Second, "subscriber disconnected", func() bool { return !subConn.NC.IsConnected() })
 		want := []string{"k0"}
@@ -176,11 +103,11 @@ func TestDisconnectedSubscriberCatchesUp(t *testing.T) {
 			}
 		}
 		proxy.Restore()
-		waitSeq(t, s, 1001)
-		if got := rec.keys(); strings.Join(got, ",") != strings.Join(want, ",") {
+		bustest.WaitSeq(t, s, 1001)
+		if got := rec.Keys(); strings.Join(got, ",") != strings.Join(want, ",") {
 			t.Fatalf("applied %d expires, want 1001 in order; first difference near %v", len(got), firstDiff(got, want))
 		}
-		if _, flushes := rec.snapshot(); flushes != 0 {
+		if _, flushes := rec.Snapshot(); flushes != 0 {
 			t.Fatalf("flushed %d times after a plain reconnect, want 0", flushes)
 		}
 		bustest.WaitFor(t, 10*time.Second, "live again", func() bool { return !s.CatchingUp() })
@@ -188,8 +115,8 @@ func TestDisconnectedSubscriberCatchesUp(t *testing.T) {
 		if _, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{"after"}}); err != nil {
 			t.Fatal(err)
 		}
-		waitSeq(t, s, 1002)
-		if got := rec.keys(); len(got) != 1002 || got[1001] != "after" {
+		bustest.WaitSeq(t, s, 1002)
+		if got := rec.Keys(); len(got) != 1002 || got[1001] != "after" {
 			t.Fatalf("after reconnect applied %d, last %q", len(got), got[len(got)-1])
 		}
 	})
@@ -212,13 +139,13 @@ func TestPurgedResumeFlushes(t *testing.T) {
 		bustest.EnsureEvents(t, pubConn, persistence.EventLogConfig{})
 		proxy := bustest.NewProxy(t, strings.TrimPrefix(tg.URL, "nats://"))
 		subConn := bustest.Connect(t, proxy.URL())
-		s, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "purged", Namespaces: []string{"users"}})
+		s, rec := bustest.Subscribe(t, subConn, bus.SubscriberOptions{Name: "purged", Namespaces: []string{"users"}})
 		pub, _ := bus.NewPublisher(pubConn, "tester")
 		ctx := context.Background()
 		if _, err := pub.Expire(ctx, "users", bus.Expire{Keys: []string{"k0"}}); err != nil {
 			t.Fatal(err)
 		}
-		waitSeq(t, s, 1)
+		bustest.WaitSeq(t, s, 1)
 		proxy.Cut()
 		bustest.WaitFor(t, 10*time.Second, "subscriber disconnected", func() bool { return !subConn.NC.IsConnected() })
 		for i := 1; i <= 10; i++ {
@@ -234,18 +161,16 @@ func TestPurgedResumeFlushes(t *testing.T) {
 			t.Fatal(err)
 		}
 		proxy.Restore()
-		waitSeq(t, s, 11)
-		_, flushes := rec.snapshot()
+		bustest.WaitSeq(t, s, 11)
+		_, flushes := rec.Snapshot()
 		if flushes != 1 {
 			t.Fatalf("flushes = %d, want 1", flushes)
 		}
-		rec.mu.Lock()
-		ns := rec.flushes[0]
-		rec.mu.Unlock()
+		ns := rec.Flushed()[0]
 		if len(ns) != 1 || ns[0] != "users" {
 			t.Fatalf("flushed namespaces %v, want [users]", ns)
 		}
-		if got := rec.keys(); strings.Join(got, ",") != "k0,k9,k10" {
+		if got := rec.Keys(); strings.Join(got, ",") != "k0,k9,k10" {
 			t.Fatalf("applied %v, want k0 then the two events the log kept", got)
 		}
 		if n := testutil.ToFloat64(subConn.Metrics.Gaps); n != 1 {

@@ -103,46 +103,9 @@ func (b *cmdBackground) stop(t *testing.T) int {
 	return b.exited(t, 20*time.Second)
 }
 
-// cmdRecorder is a Handler that remembers what it applied.
-type cmdRecorder struct {
-	mu     sync.Mutex
-	events []bus.Event
-}
-
-func (r *cmdRecorder) Apply(e bus.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-func (r *cmdRecorder) Flush([]string) {}
-
-func (r *cmdRecorder) snapshot() []bus.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]bus.Event(nil), r.events...)
-}
-
-func cmdSubscribe(t *testing.T, url string) (*bus.Subscriber, *cmdRecorder) {
+func cmdSubscribe(t *testing.T, url string) (*bus.Subscriber, *bustest.Recorder) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rec := &cmdRecorder{}
-	s, err := bus.Subscribe(ctx, bustest.Connect(t, url), rec, bus.SubscriberOptions{Name: "cmd-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s, rec
-}
-
-func cmdWaitSeq(t *testing.T, s *bus.Subscriber, seq uint64) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := s.WaitSeq(ctx, seq); err != nil {
-		t.Fatal(err)
-	}
+	return bustest.Subscribe(t, bustest.Connect(t, url), bus.SubscriberOptions{Name: "cmd-test"})
 }
 
 // cmdBus starts an embedded NATS with the event log and the state bucket,
@@ -219,8 +182,8 @@ func TestCommandsReachSubscriber(t *testing.T) {
 			t.Errorf("cachebus %s logged at the default level: %s", s.args[0], stderr)
 		}
 	}
-	cmdWaitSeq(t, sub, uint64(len(steps)))
-	evs := rec.snapshot()
+	bustest.WaitSeq(t, sub, uint64(len(steps)))
+	evs := rec.Events()
 	if len(evs) != len(steps) {
 		t.Fatalf("applied %d events, want %d: %+v", len(evs), len(steps), evs)
 	}
@@ -262,12 +225,12 @@ func TestExpireBatchesLongKeyLists(t *testing.T) {
 	if n := strings.Count(stdout, "sent expire"); n != 3 {
 		t.Fatalf("sent %d expires, want 3:\n%s", n, stdout)
 	}
-	cmdWaitSeq(t, sub, 3)
+	bustest.WaitSeq(t, sub, 3)
 	// Distinct keys: a publish retried under load (a slow acknowledgement
 	// of a large payload) reaches core subscribers twice, which this test
 	// is not about.
 	keys, prefixes := map[string]bool{}, map[string]bool{}
-	for _, e := range rec.snapshot() {
+	for _, e := range rec.Events() {
 		for _, k := range e.Expire.Keys {
 			keys[k] = true
 		}
@@ -583,8 +546,8 @@ func TestDev(t *testing.T) {
 	if code, out, errs := cmdRun(t, "", "expire", "users", "user:43"); code != 0 {
 		t.Fatalf("expire against dev: %d %s%s", code, out, errs)
 	}
-	cmdWaitSeq(t, sub, 2)
-	evs := rec.snapshot()
+	bustest.WaitSeq(t, sub, 2)
+	evs := rec.Events()
 	if len(evs) != 2 || evs[0].Expire.Keys[0] != "user:42" || evs[0].Expire.Origin != "dev" || evs[1].Expire.Keys[0] != "user:43" {
 		t.Fatalf("applied %+v", evs)
 	}
@@ -637,8 +600,8 @@ func TestNATSDaemon(t *testing.T) {
 	if code, out, errs := cmdRun(t, "", "expire", "users", "k"); code != 0 {
 		t.Fatalf("expire: %d %s%s", code, out, errs)
 	}
-	cmdWaitSeq(t, sub, 2)
-	if evs := rec.snapshot(); len(evs) != 2 || evs[0].Fallback == nil || evs[1].Expire == nil {
+	bustest.WaitSeq(t, sub, 2)
+	if evs := rec.Events(); len(evs) != 2 || evs[0].Fallback == nil || evs[1].Expire == nil {
 		t.Fatalf("applied %+v", evs)
 	}
 	st, err := persistence.BindState(context.Background(), conn)
