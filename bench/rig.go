@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
@@ -94,11 +93,11 @@ func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
 		}
 		r.url, r.server = r.srv.ClientURL(), ServerEmbedded
 	} else {
-		r.url, r.server = cfg.URL, "external "+redact(cfg.URL)
+		r.url, r.server = cfg.URL, "external "+bus.RedactURL(cfg.URL)
 	}
 	// The bus logs every applied expire at info; a bench would measure
 	// its log writer. Warnings (slow consumers, gaps) still show.
-	busLog := slog.New(minLevel{cfg.Log.Handler(), slog.LevelWarn})
+	busLog := bus.AtLeast(cfg.Log, slog.LevelWarn)
 	metrics := bus.NewMetrics(nil)
 	connect := func(name string) (*bus.Conn, error) {
 		return bus.Connect(ctx, bus.ConnConfig{URL: r.url, Prefix: cfg.Prefix, Name: name},
@@ -167,7 +166,7 @@ func newRig(ctx context.Context, cfg FanoutConfig) (_ *rig, err error) {
 			return nil, err
 		}
 	}
-	r.log.Info("bench ready", "server", r.server, "url", redact(r.url), "subscribers", cfg.Subscribers, "memo", cfg.Memo)
+	r.log.Info("bench ready", "server", r.server, "url", bus.RedactURL(r.url), "subscribers", cfg.Subscribers, "memo", cfg.Memo)
 	return r, nil
 }
 
@@ -285,32 +284,4 @@ func (r *rig) drainErr(ctx context.Context, what string, err error) error {
 	}
 	r.log.Warn("bench phase did not drain in time", "waiting_for", what, "after", r.cfg.Drain, "err", err)
 	return nil
-}
-
-// redact hides a password in a URL.
-func redact(u string) string {
-	if at := strings.LastIndexByte(u, '@'); at >= 0 {
-		if s := strings.Index(u, "://"); s >= 0 && s < at {
-			return u[:s+3] + "***" + u[at:]
-		}
-	}
-	return u
-}
-
-// minLevel passes on records at or above a level only.
-type minLevel struct {
-	slog.Handler
-	level slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.level && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
-	return minLevel{h.Handler.WithAttrs(a), h.level}
-}
-
-func (h minLevel) WithGroup(g string) slog.Handler {
-	return minLevel{h.Handler.WithGroup(g), h.level}
 }

@@ -140,11 +140,11 @@ func Connect(ctx context.Context, cfg ConnConfig, opts ...Option) (*Conn, error)
 			break
 		}
 		if attempt == 0 {
-			o.log.Warn("nats not reachable yet, retrying", "url", redactURL(cfg.URL), "err", err)
+			o.log.Warn("nats not reachable yet, retrying", "url", RedactURL(cfg.URL), "err", err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("bus: connect %s: %w", redactURL(cfg.URL), err)
+			return nil, fmt.Errorf("bus: connect %s: %w", RedactURL(cfg.URL), err)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -195,8 +195,9 @@ func authOptions(cfg ConnConfig) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// redactURL hides passwords in URLs before they are logged.
-func redactURL(urls string) string {
+// RedactURL hides the credentials in a comma-separated list of NATS URLs,
+// so it can be logged or printed.
+func RedactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, u := range parts {
 		if at := strings.LastIndexByte(u, '@'); at >= 0 {

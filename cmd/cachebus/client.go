@@ -100,24 +100,7 @@ func commandLogger(env *runEnv) *slog.Logger {
 	if _, set := os.LookupEnv(envPrefix + "_LOG_LEVEL"); set {
 		return env.log
 	}
-	return slog.New(minLevel{Handler: env.log.Handler(), min: slog.LevelWarn})
-}
-
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
-}
-
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
+	return bus.AtLeast(env.log, slog.LevelWarn)
 }
 
 // parseWhen reads an RFC 3339 time or a duration from now ("10m").
