@@ -90,6 +90,12 @@ func (h *Heartbeater) SetState(state string) {
 	h.mu.Lock()
 	h.hb.State = state
 	h.mu.Unlock()
+	h.Announce()
+}
+
+// Announce sends a heartbeat now rather than at the next tick, calling the
+// status function first: for a change others must learn at once.
+func (h *Heartbeater) Announce() {
 	select {
 	case h.kick <- struct{}{}:
 	default:

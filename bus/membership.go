@@ -25,6 +25,10 @@ type MembershipEvents struct {
 	Join   func(Member)
 	Leave  func(m Member, reason string) // reason: "gone" or "dead"
 	Change func(old, cur Member)         // state changed (up, draining)
+	// Beat is called with every heartbeat of a live member, after Join or
+	// Change when the beat caused one: for trackers of fields other than
+	// the state (a cache node's Holds).
+	Beat func(Member)
 }
 
 // Membership tracks the members of the cluster from their heartbeats: a
@@ -110,6 +114,9 @@ func (m *Membership) onHeartbeat(msg *nats.Msg) {
 				m.ev.Change(old, cur)
 			}
 		})
+	}
+	if hb.State != StateGone && m.ev.Beat != nil {
+		m.call(func() { m.ev.Beat(cur) })
 	}
 }
 

@@ -88,6 +88,11 @@ type Heartbeat struct {
 	Sessions int       `json:"sessions"`
 	Load     float64   `json:"load"`
 	Version  string    `json:"version,omitempty"`
+	// Holds is set by cache nodes: the partitions whose data the node
+	// holds, as the base64 (standard, padded) of a 128-byte bitmap where
+	// partition p is bit p%8 (least significant first) of byte p/8. A node
+	// serves a partition only once it holds it.
+	Holds string `json:"holds,omitempty"`
 }
 
 // The wire forms below carry pointers where a field is required, so that a
@@ -142,6 +147,7 @@ type heartbeatWire struct {
 	Sessions int     `json:"sessions"`
 	Load     float64 `json:"load"`
 	Version  string  `json:"version"`
+	Holds    string  `json:"holds"`
 }
 
 // DecodeExpire parses an expire payload: a JSON object, or, when the first
@@ -399,7 +405,7 @@ func DecodeHeartbeat(data []byte) (Heartbeat, error) {
 		return Heartbeat{}, fieldErr("state", "required (up, draining or gone)")
 	}
 	h := Heartbeat{ID: *w.ID, Role: *w.Role, Addr: w.Addr, DC: w.DC, State: *w.State,
-		Sessions: w.Sessions, Load: w.Load, Version: w.Version}
+		Sessions: w.Sessions, Load: w.Load, Version: w.Version, Holds: w.Holds}
 	var err error
 	if h.Started, err = parseTime("started", w.Started); err != nil {
 		return Heartbeat{}, err
@@ -429,8 +435,34 @@ func (h Heartbeat) Validate() error {
 	if len(h.Version) > 64 {
 		return fieldErr("version", "longer than 64 bytes")
 	}
+	if h.Holds != "" {
+		if _, err := DecodeHolds(h.Holds); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// HoldsLen is the length of the decoded Holds bitmap: one bit for each of
+// the cache tier's 1024 partitions.
+const HoldsLen = 128
+
+// DecodeHolds decodes a heartbeat's Holds field.
+func DecodeHolds(s string) ([HoldsLen]byte, error) {
+	var out [HoldsLen]byte
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return out, fieldErr("holds", "not base64: %v", err)
+	}
+	if len(b) != HoldsLen {
+		return out, fieldErr("holds", "%d bytes, want %d", len(b), HoldsLen)
+	}
+	copy(out[:], b)
+	return out, nil
+}
+
+// EncodeHolds encodes a partition bitmap for a heartbeat's Holds field.
+func EncodeHolds(b [HoldsLen]byte) string { return base64.StdEncoding.EncodeToString(b[:]) }
 
 // Encode returns the JSON payload of h with "v":1.
 func (h Heartbeat) Encode() ([]byte, error) {

@@ -137,6 +137,23 @@ func (s Subjects) LogPrefix() string { return s.Prefix + ".log." }
 // Records is the root of the record request subjects.
 func (s Subjects) Records() string { return s.Prefix + ".rec" }
 
+// RecordAny is the record request subject any cache node answers (one of
+// them, by queue group) and forwards to the key's owner: for clients that
+// do not compute partitions.
+func (s Subjects) RecordAny() string { return s.Prefix + ".rec.any" }
+
+// RecordNode is cache node id's own record request subject, which smart
+// clients address directly.
+func (s Subjects) RecordNode(id string) string { return s.Prefix + ".rec.node." + id }
+
+// RecordReplicate is where a primary sends node id the writes it must hold
+// as a backup.
+func (s Subjects) RecordReplicate(id string) string { return s.Prefix + ".rec.repl." + id }
+
+// RecordSync is where a node asks holder id for the data of partitions it
+// is taking over.
+func (s Subjects) RecordSync(id string) string { return s.Prefix + ".rec.sync." + id }
+
 // Events lists the subjects captured by the event log.
 func (s Subjects) Events() []string {
 	return []string{

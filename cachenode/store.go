@@ -205,6 +205,16 @@ var ErrValueTooLarge = errors.New("cachenode: value too large")
 // Set stores value under ns/key for ttl (DefaultTTL when zero, capped at
 // MaxTTL) with optional tags.
 func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...string) error {
+	if ttl <= 0 {
+		ttl = s.cfg.DefaultTTL
+	}
+	return s.SetUntil(ns, key, value, now()+int64(min(ttl, s.cfg.MaxTTL)), tags...)
+}
+
+// SetUntil stores value under ns/key until deadline (Unix nanoseconds),
+// capped at MaxTTL from now, with optional tags: for a copy that must
+// expire when its original does.
+func (s *Store) SetUntil(ns, key string, value []byte, deadline int64, tags ...string) error {
 	if key == "" {
 		return errors.New("cachenode: empty key")
 	}
@@ -212,10 +222,7 @@ func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...str
 	if err != nil {
 		return err
 	}
-	if ttl <= 0 {
-		ttl = s.cfg.DefaultTTL
-	}
-	ttl = min(ttl, s.cfg.MaxTTL)
+	deadline = min(deadline, now()+int64(s.cfg.MaxTTL))
 	size := headerLen + len(value)
 	for _, t := range tags {
 		if len(t) > 0xffff {
@@ -223,15 +230,14 @@ func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...str
 		}
 		size += 2 + len(t)
 	}
-	if len(tags) > 0xffff || size > s.cfg.MaxMB<<20/s.cfg.Shards {
-		return fmt.Errorf("%w: %d bytes in namespace %s (limit %d)", ErrValueTooLarge, size, ns, s.cfg.MaxMB<<20/s.cfg.Shards)
+	if len(tags) > 0xffff || size > s.MaxEntry() {
+		return fmt.Errorf("%w: %d bytes in namespace %s (limit %d)", ErrValueTooLarge, size, ns, s.MaxEntry())
 	}
 	bufp := entryPool.Get().(*[]byte)
 	buf := (*bufp)[:0]
 	if cap(buf) < size {
 		buf = make([]byte, 0, size)
 	}
-	deadline := now() + int64(ttl)
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline))
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(deadline+int64(s.cfg.StaleGrace)))
 	buf = binary.LittleEndian.AppendUint64(buf, s.seq.Add(1))
@@ -252,33 +258,82 @@ func (s *Store) Set(ns, key string, value []byte, ttl time.Duration, tags ...str
 	return nil
 }
 
+// MaxEntry is the largest entry a namespace takes, header and tags
+// included: bigcache's bound of one shard.
+func (s *Store) MaxEntry() int { return s.cfg.MaxMB << 20 / s.cfg.Shards }
+
+// Overhead is how many bytes an entry adds to its value and tags.
+const Overhead = headerLen
+
 var entryPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // Get returns the value of ns/key and whether it is fresh or stale. The
 // returned slice is the caller's own.
 func (s *Store) Get(ns, key string) ([]byte, Lookup) {
+	v, _, l := s.GetUntil(ns, key)
+	return v, l
+}
+
+// GetUntil is Get that also returns the entry's deadline (Unix
+// nanoseconds): when it stops being fresh.
+func (s *Store) GetUntil(ns, key string) ([]byte, int64, Lookup) {
 	sp := s.lookup(ns)
 	if sp == nil {
-		return nil, Miss
+		return nil, 0, Miss
 	}
 	entry, err := sp.cache.Load().Get(key)
 	if err != nil {
-		return nil, Miss
+		return nil, 0, Miss
 	}
+	h, l := sp.check(key, entry, now())
+	if l == Miss {
+		return nil, 0, Miss
+	}
+	return entry[h.valueAt:], h.deadline, l
+}
+
+// check says what entry, stored under key, is worth at t.
+func (sp *space) check(key string, entry []byte, t int64) (entryHeader, Lookup) {
 	h, ok := parseEntry(entry)
 	if !ok || h.seq <= sp.flushedAt.Load() {
-		return nil, Miss
+		return h, Miss
 	}
 	if r := sp.rules.Load(); r != nil && r.covers(key, h) {
-		return nil, Miss
+		return h, Miss
 	}
-	switch t := now(); {
+	switch {
 	case t < h.deadline:
-		return entry[h.valueAt:], Hit
+		return h, Hit
 	case t < h.hard:
-		return entry[h.valueAt:], Stale
+		return h, Stale
 	}
-	return nil, Miss
+	return h, Miss
+}
+
+// Range calls fn with every entry of ns that Get would return (fresh or
+// stale), in no particular order, until fn returns false. Entries written
+// while it runs may or may not be seen. value is fn's own.
+func (s *Store) Range(ns string, fn func(key string, value []byte, deadline int64) bool) {
+	sp := s.lookup(ns)
+	if sp == nil {
+		return
+	}
+	t := now()
+	it := sp.cache.Load().Iterator()
+	for it.SetNext() {
+		ei, err := it.Value()
+		if err != nil {
+			continue
+		}
+		entry := ei.Value()
+		h, l := sp.check(ei.Key(), entry, t)
+		if l == Miss {
+			continue
+		}
+		if !fn(ei.Key(), entry[h.valueAt:], h.deadline) {
+			return
+		}
+	}
 }
 
 // entryHeader is what parseEntry reads in front of a stored value.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cachebus/cachebus/bus"
@@ -341,4 +342,44 @@ func crossDCBackup(top, all []candidate, members []Member) []candidate {
 	copy(top[2:], top[1:len(top)-1])
 	top[1] = all[best]
 	return top
+}
+
+// ParseMember reads a member as the command line and CACHEBUS_BASELINE
+// write it: ID[@DC][:WEIGHT].
+func ParseMember(s string) (Member, error) {
+	m := Member{ID: s}
+	if id, w, ok := strings.Cut(s, ":"); ok {
+		weight, err := strconv.ParseFloat(w, 64)
+		if err != nil || !(weight > 0) || math.IsInf(weight, 0) {
+			return Member{}, fmt.Errorf("%w %q: weight must be a positive number, got %q", ErrBadMember, s, w)
+		}
+		m.ID, m.Weight = id, weight
+	}
+	if id, dc, ok := strings.Cut(m.ID, "@"); ok {
+		if !bus.ValidName(dc) {
+			return Member{}, fmt.Errorf("%w %q: data center must match [A-Za-z0-9_-]{1,64}, got %q", ErrBadMember, s, dc)
+		}
+		m.ID, m.DC = id, dc
+	}
+	if !bus.ValidName(m.ID) {
+		return Member{}, fmt.Errorf("%w %q: id must match [A-Za-z0-9_-]{1,64}, got %q", ErrBadMember, s, m.ID)
+	}
+	return m, nil
+}
+
+// ParseMembers reads members with ParseMember and checks them as a
+// baseline.
+func ParseMembers(args []string) ([]Member, error) {
+	members := make([]Member, 0, len(args))
+	for _, a := range args {
+		m, err := ParseMember(a)
+		if err != nil {
+			return nil, err
+		}
+		members = append(members, m)
+	}
+	if err := (Baseline{Members: members}).Validate(); err != nil {
+		return nil, err
+	}
+	return members, nil
 }

@@ -7,9 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -147,29 +145,9 @@ func runBaseline(ctx context.Context, env *runEnv, cfgAny any, args []string) er
 // parseMembers reads ID[@DC][:WEIGHT] arguments and checks them as a
 // baseline.
 func parseMembers(args []string) ([]partition.Member, error) {
-	members := make([]partition.Member, 0, len(args))
-	for _, a := range args {
-		m := partition.Member{ID: a}
-		if id, w, ok := strings.Cut(a, ":"); ok {
-			weight, err := strconv.ParseFloat(w, 64)
-			if err != nil || !(weight > 0) || math.IsInf(weight, 0) {
-				return nil, usagef("member %q: weight must be a positive number, got %q", a, w)
-			}
-			m.ID, m.Weight = id, weight
-		}
-		if id, dc, ok := strings.Cut(m.ID, "@"); ok {
-			if !bus.ValidName(dc) {
-				return nil, usagef("member %q: data center must match [A-Za-z0-9_-]{1,64}, got %q", a, dc)
-			}
-			m.ID, m.DC = id, dc
-		}
-		if !bus.ValidName(m.ID) {
-			return nil, usagef("member %q: id must match [A-Za-z0-9_-]{1,64}, got %q", a, m.ID)
-		}
-		members = append(members, m)
-	}
-	if err := (partition.Baseline{Members: members}).Validate(); err != nil {
-		return nil, usagef("%s", strings.TrimPrefix(err.Error(), "cachenode: "))
+	members, err := partition.ParseMembers(args)
+	if err != nil {
+		return nil, usagef("%s", strings.TrimPrefix(err.Error(), "cachenode: bad baseline member "))
 	}
 	return members, nil
 }

@@ -1,0 +1,357 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/cachenode/partition"
+	"github.com/cachebus/cachebus/cachenode/topology"
+	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// poke asks the reconcile loop to look at the table again.
+func (s *Server) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop brings what this node holds in line with the assignment,
+// whenever the table changes and every quarter second.
+func (s *Server) reconcileLoop() {
+	defer s.bg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		s.reconcile()
+	}
+}
+
+// reconcile compares the partitions this node owns with those it holds:
+//   - an owned partition it does not hold is copied from the node serving
+//     it; when no live node holds it (a new cluster, or every holder lost)
+//     and the node has been up for a failure timeout, so that it has heard
+//     every live peer, the node takes it empty;
+//   - a partition it holds but no longer owns is dropped once every live
+//     owner holds it.
+func (s *Server) reconcile() {
+	tab := s.tracker.Table()
+	a := tab.Assignment
+	if a.Version == 0 {
+		return
+	}
+	settled := time.Since(s.started) >= s.cfg.FailureTimeout
+	from := map[string][]int{}
+	var drop topology.Holds
+	var dropped, taken int
+	s.mu.Lock()
+	for p := range partition.Partitions {
+		owner := slices.Contains(a.Owners[p], s.cfg.ID)
+		held, syncing := s.holds.Has(p), s.syncing.Has(p)
+		switch {
+		case syncing:
+		case owner && !held:
+			switch prim := tab.Primary(p); {
+			case prim != "" && prim != s.cfg.ID:
+				from[prim] = append(from[prim], p)
+			case prim == "" && settled:
+				s.holds.Set(p, true)
+				taken++
+			}
+		case !owner && held && ownersHold(tab, p):
+			drop.Set(p, true)
+			s.holds.Set(p, false)
+			dropped++
+		}
+	}
+	for _, parts := range from {
+		for _, p := range parts {
+			s.syncing.Set(p, true)
+		}
+	}
+	s.updateGauges(a)
+	s.mu.Unlock()
+	if taken > 0 {
+		s.log.Info("took partitions no live node held, empty", "partitions", taken, "assignment", a.Version)
+	}
+	if dropped > 0 {
+		n := s.clear(&drop)
+		s.log.Info("dropped partitions now held by their owners", "partitions", dropped, "records", n)
+	}
+	if taken > 0 || dropped > 0 {
+		s.hb.Announce()
+	}
+	for src, parts := range from {
+		s.bg.Add(1)
+		go s.syncFrom(src, parts)
+	}
+}
+
+// ownersHold reports whether p has a live owner and every live owner
+// holds it.
+func ownersHold(tab *topology.Table, p int) bool {
+	live := 0
+	for _, id := range tab.Assignment.Owners[p] {
+		n := tab.Nodes[id]
+		if n == nil {
+			continue
+		}
+		if !n.Holds.Has(p) {
+			return false
+		}
+		live++
+	}
+	return live > 0
+}
+
+// updateGauges is called with s.mu held.
+func (s *Server) updateGauges(a *partition.Assignment) {
+	owned := 0
+	for p := range partition.Partitions {
+		if slices.Contains(a.Owners[p], s.cfg.ID) {
+			owned++
+		}
+	}
+	s.m.partitions.WithLabelValues("owned").Set(float64(owned))
+	s.m.partitions.WithLabelValues("held").Set(float64(s.holds.Count()))
+	s.m.partitions.WithLabelValues("syncing").Set(float64(s.syncing.Count()))
+}
+
+// clear deletes every record of the partitions in set and returns how
+// many it deleted.
+func (s *Server) clear(set *topology.Holds) int {
+	n := 0
+	for _, ns := range s.rec.store.Namespaces() {
+		var keys []string
+		s.rec.store.Range(ns, func(key string, _ []byte, _ int64) bool {
+			if set.Has(partition.PartitionOf(key)) {
+				keys = append(keys, key)
+			}
+			return true
+		})
+		for _, k := range keys {
+			s.rec.store.Delete(ns, k)
+		}
+		n += len(keys)
+	}
+	return n
+}
+
+// syncRequest asks a holder for partitions' data; the holder streams it to
+// Inbox as entry batches, each acknowledged, the last one flagged.
+type syncRequest struct {
+	V          int    `json:"v"`
+	Node       string `json:"node"`
+	Partitions []int  `json:"partitions"`
+	Inbox      string `json:"inbox"`
+}
+
+// syncFrom copies partitions parts from node src. Writes to them made
+// meanwhile reach this node by replication, because it owns them; the
+// copy never overwrites a newer version. On success the node holds them.
+func (s *Server) syncFrom(src string, parts []int) {
+	defer s.bg.Done()
+	start := time.Now()
+	var set topology.Holds
+	for _, p := range parts {
+		set.Set(p, true)
+	}
+	ok := false
+	defer func() {
+		s.mu.Lock()
+		for _, p := range parts {
+			s.syncing.Set(p, false)
+			if ok {
+				s.holds.Set(p, true)
+			}
+		}
+		s.mu.Unlock()
+		if ok {
+			s.hb.Announce()
+		}
+		s.poke()
+	}()
+	// What is here from an earlier ownership may be older than deletes
+	// made since; the copy brings back what is current.
+	s.clear(&set)
+
+	var records, last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	done := make(chan error, 1)
+	finish := func(err error) {
+		select {
+		case done <- err:
+		default:
+		}
+	}
+	inbox := s.c.NC.NewInbox()
+	sub, err := s.c.NC.Subscribe(inbox, func(m *nats.Msg) {
+		last.Store(time.Now().UnixNano())
+		flags, err := wire.ParseBatch(m.Data, func(e *wire.Entry) error {
+			if !set.Has(partition.PartitionOf(e.Key)) {
+				return nil // not asked for; the holder's business
+			}
+			records.Add(1)
+			return s.applyEntry(e)
+		})
+		if err != nil {
+			s.m.rejected.WithLabelValues("batch").Inc()
+			rep := wire.ErrorReply(err)
+			_ = m.Respond(rep.Append(nil, wire.OpPut))
+			finish(fmt.Errorf("batch from %s: %w", src, err))
+			return
+		}
+		_ = m.Respond(okReply)
+		if flags&wire.FlagLast != 0 {
+			finish(nil)
+		}
+	})
+	if err != nil {
+		s.log.Warn("partition copy not started", "from", src, "err", err)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(-1, -1)
+	req, _ := json.Marshal(syncRequest{V: 1, Node: s.cfg.ID, Partitions: parts, Inbox: inbox})
+	msg, err := s.c.NC.Request(s.c.Subjects.RecordSync(src), req, s.cfg.RequestTimeout)
+	if err == nil && !bytes.Equal(msg.Data, okReply) {
+		err = fmt.Errorf("%s", clip(msg.Data))
+	}
+	if err != nil {
+		s.m.handover.WithLabelValues("refused").Inc()
+		s.log.Info("partition copy refused, will retry", "from", src, "partitions", len(parts), "err", err)
+		return
+	}
+	idle := time.NewTicker(s.cfg.RequestTimeout)
+	defer idle.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				s.m.handover.WithLabelValues("failed").Inc()
+				s.log.Warn("partition copy failed, will retry", "from", src, "partitions", len(parts), "err", err)
+				return
+			}
+			ok = true
+			s.m.handover.WithLabelValues("ok").Inc()
+			s.m.handedIn.Add(float64(records.Load()))
+			s.log.Info("partitions copied", "from", src, "partitions", len(parts), "records", records.Load(),
+				"took", time.Since(start).Round(time.Millisecond))
+			return
+		case <-idle.C:
+			if time.Since(time.Unix(0, last.Load())) > 5*s.cfg.RequestTimeout {
+				s.m.handover.WithLabelValues("stalled").Inc()
+				s.log.Warn("partition copy stalled, will retry", "from", src, "partitions", len(parts))
+				return
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// onSyncRequest answers a peer that takes partitions over: when this node
+// holds them and already sees the peer live (so its own writes to them
+// reach the peer from now on), it streams their records.
+func (s *Server) onSyncRequest(m *nats.Msg) {
+	var req syncRequest
+	refuse := func(code wire.Code, format string, args ...any) {
+		rep := wire.ErrorReply(wire.Errorf(code, format, args...))
+		_ = m.Respond(rep.Append(nil, wire.OpGet))
+	}
+	if err := json.Unmarshal(m.Data, &req); err != nil || req.V != 1 || !bus.ValidName(req.Node) || req.Inbox == "" || len(req.Partitions) == 0 {
+		s.m.rejected.WithLabelValues("sync").Inc()
+		s.log.Warn("rejected partition copy request", "bytes", len(m.Data), "err", err)
+		refuse(wire.CodeBadRequest, "malformed partition copy request")
+		return
+	}
+	var set topology.Holds
+	s.mu.Lock()
+	for _, p := range req.Partitions {
+		if p < 0 || p >= partition.Partitions || !s.holds.Has(p) {
+			s.mu.Unlock()
+			refuse(wire.CodeNoOwner, "%s does not hold partition %d", s.cfg.ID, p)
+			return
+		}
+		set.Set(p, true)
+	}
+	s.mu.Unlock()
+	if !s.tracker.Table().Live(req.Node) {
+		refuse(wire.CodeUnavailable, "%s has not seen %s live yet", s.cfg.ID, req.Node)
+		return
+	}
+	if s.shutdown.Load() {
+		refuse(wire.CodeUnavailable, "%s is shutting down", s.cfg.ID)
+		return
+	}
+	_ = m.Respond(okReply)
+	s.bg.Add(1)
+	go s.stream(req.Node, req.Inbox, &set, len(req.Partitions))
+}
+
+// stream sends the records of the partitions in set to inbox, in
+// acknowledged batches.
+func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
+	defer s.bg.Done()
+	start := time.Now()
+	buf := wire.NewBatch(make([]byte, 0, s.cfg.HandoverBatchBytes+1024), 0)
+	n := 0
+	var err error
+	send := func(flags byte) bool {
+		buf[1] = flags
+		var msg *nats.Msg
+		msg, err = s.c.NC.Request(inbox, buf, s.cfg.RequestTimeout)
+		if err == nil && !bytes.Equal(msg.Data, okReply) {
+			err = fmt.Errorf("%s", clip(msg.Data))
+		}
+		buf = wire.NewBatch(buf, 0)
+		return err == nil
+	}
+	for _, ns := range s.rec.store.Namespaces() {
+		s.rec.store.Range(ns, func(key string, v []byte, deadline int64) bool {
+			if !set.Has(partition.PartitionOf(key)) {
+				return true
+			}
+			e, ok := entryOf(ns, key, v, deadline)
+			if !ok {
+				return true
+			}
+			if len(buf)+wire.EntrySize(&e) > s.cfg.HandoverBatchBytes && len(buf) > 2 && !send(0) {
+				return false
+			}
+			buf = wire.AppendEntry(buf, &e)
+			n++
+			return true
+		})
+		select {
+		case <-s.done:
+			err = fmt.Errorf("shutting down")
+		default:
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		send(wire.FlagLast)
+	}
+	if err != nil {
+		s.log.Warn("partition copy to peer failed", "to", node, "partitions", parts, "err", err)
+		return
+	}
+	s.log.Info("partitions copied to peer", "to", node, "partitions", parts, "records", n,
+		"took", time.Since(start).Round(time.Millisecond))
+}

@@ -1,0 +1,49 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are a node's Prometheus metrics.
+type metrics struct {
+	requests    *prometheus.CounterVec // op, result
+	forwarded   *prometheus.CounterVec // op
+	replication *prometheus.CounterVec // result: ok, gone, failed
+	rejected    *prometheus.CounterVec // kind: request, batch
+	handover    *prometheus.CounterVec // result
+	handedIn    prometheus.Counter
+	partitions  *prometheus.GaugeVec // state: owned, held, syncing
+}
+
+// newMetrics makes the metrics and registers them with reg, when not nil,
+// labelled with the node's id so several nodes can share one registry.
+func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_requests_total",
+			Help: "Record requests served by this node, by operation and result."}, []string{"op", "result"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_forwarded_total",
+			Help: "Record requests forwarded to the node serving their partition."}, []string{"op"}),
+		replication: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_replications_total",
+			Help: "Writes sent to a backup, by result (ok; gone: the backup had no subscriber; failed)."}, []string{"result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_rejected_total",
+			Help: "Malformed messages refused, by kind."}, []string{"kind"}),
+		handover: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_handovers_total",
+			Help: "Partition copies this node made from a peer, by result."}, []string{"result"}),
+		handedIn: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_handover_records_total",
+			Help: "Records received while copying partitions from peers."}),
+		partitions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachebus_node_partitions",
+			Help: "Partitions of this node: owned by the assignment, held (data complete), syncing."}, []string{"state"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": node}, reg)
+	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.rejected, m.handover, m.handedIn, m.partitions} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+	}
+	return m, nil
+}

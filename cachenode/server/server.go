@@ -1,0 +1,354 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
+	"github.com/cachebus/cachebus/cachenode/topology"
+	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/cachebus/cachebus/persistence"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options are what a Server works with besides its Config.
+type Options struct {
+	// Conn is the node's NATS connection. Required; the caller closes it
+	// after Shutdown.
+	Conn *bus.Conn
+	// Registerer receives the node's metrics, labelled node=<id>.
+	Registerer prometheus.Registerer
+	// Log defaults to the connection's.
+	Log *slog.Logger
+	// Version is announced in the heartbeat.
+	Version string
+}
+
+// Server is a running cache node.
+type Server struct {
+	cfg     Config
+	c       *bus.Conn
+	log     *slog.Logger
+	m       *metrics
+	lim     wire.Limits
+	rec     records
+	writer  uint64 // this node's tie-breaker between equal versions
+	started time.Time
+
+	nodes    *persistence.Nodes
+	tracker  *topology.Tracker
+	follower *persistence.Follower
+	events   *bus.Subscriber
+	hb       *bus.Heartbeater
+
+	reqSubs  []*nats.Subscription // direct and any-node
+	peerSubs []*nats.Subscription // replication and handover
+	workMu   sync.RWMutex
+	work     chan *nats.Msg
+	workOpen bool
+	workers  sync.WaitGroup
+
+	mu      sync.Mutex
+	holds   topology.Holds // partitions whose data this node holds
+	syncing topology.Holds // partitions being copied from a peer
+
+	kick     chan struct{}
+	done     chan struct{}
+	bg       sync.WaitGroup
+	shutdown atomic.Bool
+}
+
+// Start brings a cache node up: it sets the first baseline when there is
+// none, follows the assignment, the heartbeats and the event log, answers
+// record requests and copies the partitions it owns from their holders.
+// It returns once the node is serving; Ready says when it holds its data.
+func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if opts.Conn == nil {
+		return nil, errors.New("server: no NATS connection")
+	}
+	s := &Server{cfg: cfg, c: opts.Conn, log: opts.Log, lim: cfg.limits(), started: time.Now(),
+		writer: writerID(cfg.ID), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if s.log == nil {
+		s.log = s.c.Log
+	}
+	s.log = s.log.With("node", cfg.ID)
+	var err error
+	if s.m, err = newMetrics(opts.Registerer, cfg.ID); err != nil {
+		return nil, err
+	}
+	s.rec.store = cachenode.NewStore(cachenode.StoreConfig{MaxMB: cfg.MaxMB, MaxTTL: cfg.MaxTTL,
+		DefaultTTL: cfg.DefaultTTL, StaleGrace: cfg.StaleGrace, Log: s.log})
+	ok := false
+	defer func() {
+		if !ok {
+			s.stop(context.Background())
+		}
+	}()
+	if err := s.openBus(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.subscribe(); err != nil {
+		return nil, err
+	}
+	hb := bus.Heartbeat{ID: cfg.ID, Role: "node", DC: cfg.DC, Version: opts.Version}
+	if s.hb, err = bus.StartHeartbeat(s.c, hb, cfg.Interval, s.status); err != nil {
+		return nil, fmt.Errorf("server: heartbeat: %w", err)
+	}
+	s.bg.Add(1)
+	go s.reconcileLoop()
+	ok = true
+	s.log.Info("cache node started", "dc", cfg.DC, "workers", cfg.Workers, "failure_timeout", cfg.FailureTimeout)
+	return s, nil
+}
+
+// openBus opens the buckets and streams the node follows.
+func (s *Server) openBus(ctx context.Context) error {
+	var err error
+	if s.nodes, err = persistence.OpenOrBindNodes(ctx, s.c); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if err := s.bootstrapBaseline(ctx); err != nil {
+		return err
+	}
+	if _, err := persistence.OpenEvents(ctx, s.c, persistence.EventLogConfig{}); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	state, err := persistence.OpenOrBindState(ctx, s.c)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if s.follower, err = state.Follow(ctx); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if s.events, err = bus.Subscribe(ctx, s.c, eventHandler{s}, bus.SubscriberOptions{Name: "node/" + s.cfg.ID, Self: s.cfg.ID}); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if s.tracker, err = topology.Track(ctx, s.c, s.nodes, s.cfg.FailureTimeout, func(*topology.Table) { s.poke() }); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+var errBaselineSet = errors.New("baseline exists")
+
+// bootstrapBaseline sets the first baseline when none exists: the
+// configured one, or this node alone. A baseline that exists is the
+// operator's and is never touched.
+func (s *Server) bootstrapBaseline(ctx context.Context) error {
+	members, _ := partition.ParseMembers(s.cfg.Baseline) // checked by cfg.check
+	if len(members) == 0 {
+		members = []partition.Member{{ID: s.cfg.ID, DC: s.cfg.DC, Weight: s.cfg.Weight}}
+	}
+	ch, err := s.nodes.Update(ctx, func(cur partition.Baseline, _ partition.Assignment) ([]partition.Member, int, bool, error) {
+		if cur.Version != 0 {
+			return nil, 0, false, errBaselineSet
+		}
+		return members, s.cfg.Backups, s.cfg.CrossDC, nil
+	})
+	switch {
+	case errors.Is(err, errBaselineSet):
+		return nil
+	case err != nil:
+		return fmt.Errorf("server: first baseline: %w", err)
+	}
+	s.log.Info("set the first baseline", "version", ch.Baseline.Version, "members", len(ch.Baseline.Members),
+		"backups", s.cfg.Backups, "cross_dc", s.cfg.CrossDC)
+	return nil
+}
+
+// subscribe starts the workers and the node's subscriptions: peers' first,
+// so that by the time a heartbeat makes the node live, replicated writes
+// reach it.
+func (s *Server) subscribe() error {
+	sub := func(subj, queue string, cb nats.MsgHandler) (*nats.Subscription, error) {
+		var sb *nats.Subscription
+		var err error
+		if queue == "" {
+			sb, err = s.c.NC.Subscribe(subj, cb)
+		} else {
+			sb, err = s.c.NC.QueueSubscribe(subj, queue, cb)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("server: subscribe %s: %w", subj, err)
+		}
+		_ = sb.SetPendingLimits(1<<20, 1<<30)
+		return sb, nil
+	}
+	subj := s.c.Subjects
+	for _, p := range []struct {
+		subj string
+		cb   nats.MsgHandler
+	}{{subj.RecordReplicate(s.cfg.ID), s.onReplicate}, {subj.RecordSync(s.cfg.ID), s.onSyncRequest}} {
+		sb, err := sub(p.subj, "", p.cb)
+		if err != nil {
+			return err
+		}
+		s.peerSubs = append(s.peerSubs, sb)
+	}
+	s.work = make(chan *nats.Msg, 4*s.cfg.Workers)
+	s.workOpen = true
+	for range s.cfg.Workers {
+		s.workers.Add(1)
+		go s.worker()
+	}
+	for _, p := range []struct{ subj, queue string }{{subj.RecordNode(s.cfg.ID), ""}, {subj.RecordAny(), "cachebus-nodes"}} {
+		sb, err := sub(p.subj, p.queue, s.enqueue)
+		if err != nil {
+			return err
+		}
+		s.reqSubs = append(s.reqSubs, sb)
+	}
+	return nil
+}
+
+func (s *Server) enqueue(m *nats.Msg) {
+	s.workMu.RLock()
+	defer s.workMu.RUnlock()
+	if s.workOpen {
+		s.work <- m
+	}
+}
+
+func (s *Server) worker() {
+	defer s.workers.Done()
+	buf := make([]byte, 0, 1024)
+	for m := range s.work {
+		buf = s.handle(m, buf[:0])
+		if cap(buf) > 1<<20 {
+			buf = make([]byte, 0, 1024)
+		}
+	}
+}
+
+// handle answers one record request from NATS.
+func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
+	req, err := wire.ParseRequest(m.Data, s.lim)
+	var rep wire.Reply
+	if err != nil {
+		s.m.rejected.WithLabelValues("request").Inc()
+		s.log.Warn("rejected record request", "subject", m.Subject, "bytes", len(m.Data), "err", err)
+		rep = wire.ErrorReply(err)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
+		rep = s.Do(ctx, &req)
+		cancel()
+	}
+	if m.Reply == "" {
+		return buf
+	}
+	buf = rep.Append(buf, req.Op)
+	if err := m.Respond(buf); err != nil {
+		s.log.Debug("record reply not sent", "err", err)
+	}
+	return buf
+}
+
+// status refreshes the heartbeat's fields before each beat.
+func (s *Server) status(hb *bus.Heartbeat) {
+	s.mu.Lock()
+	hb.Holds = bus.EncodeHolds(s.holds)
+	s.mu.Unlock()
+}
+
+// held reports whether this node holds partition p.
+func (s *Server) held(p int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holds.Has(p)
+}
+
+// ID is the node's id.
+func (s *Server) ID() string { return s.cfg.ID }
+
+// Table is the node's current view of who serves which partition.
+func (s *Server) Table() *topology.Table { return s.tracker.Table() }
+
+// Members is the node's membership tracker (every role).
+func (s *Server) Members() *bus.Membership { return s.tracker.Members() }
+
+// Store is the node's local store, for tests and status.
+func (s *Server) Store() *cachenode.Store { return s.rec.store }
+
+// Shutdown stops taking requests, finishes those in flight, announces the
+// node gone and stops following the bus. The caller closes the NATS
+// connection afterwards (with drain).
+func (s *Server) Shutdown(ctx context.Context) {
+	s.stop(ctx)
+}
+
+func (s *Server) stop(ctx context.Context) {
+	if !s.shutdown.CompareAndSwap(false, true) {
+		return
+	}
+	for _, sb := range s.reqSubs {
+		_ = sb.Unsubscribe()
+	}
+	s.workMu.Lock()
+	if s.workOpen {
+		s.workOpen = false
+		close(s.work)
+	}
+	s.workMu.Unlock()
+	s.workers.Wait()
+	close(s.done)
+	s.bg.Wait()
+	if s.hb != nil {
+		s.hb.Stop(ctx)
+	}
+	for _, sb := range s.peerSubs {
+		_ = sb.Unsubscribe()
+	}
+	if s.events != nil {
+		s.events.Close()
+	}
+	if s.tracker != nil {
+		s.tracker.Stop()
+	}
+	if s.follower != nil {
+		s.follower.Stop()
+	}
+	s.rec.store.Close()
+	s.log.Info("cache node stopped")
+}
+
+func writerID(id string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * 1099511628211
+	}
+	return h
+}
+
+// eventHandler applies the bus's events to the node's records.
+type eventHandler struct{ s *Server }
+
+func (h eventHandler) Apply(ev bus.Event) {
+	if ev.Expire != nil {
+		h.s.rec.store.Apply(ev.NS, *ev.Expire)
+	}
+}
+
+// Flush is called when the node may have missed events: its records may
+// be stale, so it drops them all and copies its partitions again from its
+// peers (or starts them empty where none holds them).
+func (h eventHandler) Flush(namespaces []string) {
+	s := h.s
+	s.log.Warn("event log gap: dropping held partitions to copy them again", "namespaces", namespaces)
+	s.mu.Lock()
+	s.holds = topology.Holds{}
+	s.mu.Unlock()
+	s.rec.store.FlushAll()
+	s.hb.Announce()
+	s.poke()
+}

@@ -1,0 +1,92 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cachebus/cachebus/cachenode/partition"
+)
+
+// Status is what a node reports of itself and of the cache tier as it
+// sees it.
+type Status struct {
+	ID                string `json:"id"`
+	DC                string `json:"dc,omitempty"`
+	BaselineVersion   uint64 `json:"baseline_version"`
+	AssignmentVersion uint64 `json:"assignment_version"`
+	InBaseline        bool   `json:"in_baseline"`
+	// Partitions of this node: owned by the assignment (as primary and as
+	// backup), served as primary now, held, and being copied.
+	Owned   int `json:"owned"`
+	Primary int `json:"primary"`
+	Held    int `json:"held"`
+	Syncing int `json:"syncing"`
+	// Uncovered counts partitions no live node holds; Moving those served
+	// by a node that is not among their owners.
+	Uncovered int `json:"uncovered"`
+	Moving    int `json:"moving"`
+	// Nodes are the live cache nodes.
+	Nodes   []string `json:"nodes"`
+	Records int      `json:"records"`
+	Uptime  string   `json:"uptime"`
+}
+
+// Status reports the node's state.
+func (s *Server) Status() Status {
+	tab := s.tracker.Table()
+	a := tab.Assignment
+	st := Status{ID: s.cfg.ID, DC: s.cfg.DC, BaselineVersion: a.BaselineVersion, AssignmentVersion: a.Version,
+		Uptime: time.Since(s.started).Round(time.Second).String()}
+	_, st.InBaseline = s.tracker.Baseline().Member(s.cfg.ID)
+	for p := range partition.Partitions {
+		if slices.Contains(a.Owners[p], s.cfg.ID) {
+			st.Owned++
+		}
+		if tab.Primary(p) == s.cfg.ID {
+			st.Primary++
+		}
+	}
+	s.mu.Lock()
+	st.Held, st.Syncing = s.holds.Count(), s.syncing.Count()
+	s.mu.Unlock()
+	st.Uncovered, st.Moving = tab.Coverage()
+	for id := range tab.Nodes {
+		st.Nodes = append(st.Nodes, id)
+	}
+	slices.Sort(st.Nodes)
+	for _, ns := range s.rec.store.Namespaces() {
+		st.Records += s.rec.store.Stats(ns).Entries
+	}
+	return st
+}
+
+// Ready returns nil when the node holds every partition it owns and every
+// partition of the tier has a live node holding it; otherwise it says what
+// is missing.
+func (s *Server) Ready() error {
+	if s.shutdown.Load() {
+		return errors.New("shutting down")
+	}
+	tab := s.tracker.Table()
+	a := tab.Assignment
+	if a.Version == 0 {
+		return errors.New("no baseline yet: set one with `cachebus baseline set`")
+	}
+	missing := 0
+	s.mu.Lock()
+	for p := range partition.Partitions {
+		if slices.Contains(a.Owners[p], s.cfg.ID) && !s.holds.Has(p) {
+			missing++
+		}
+	}
+	s.mu.Unlock()
+	if missing > 0 {
+		return fmt.Errorf("copying %d of its partitions from peers", missing)
+	}
+	if un, _ := tab.Coverage(); un > 0 {
+		return fmt.Errorf("%d partitions have no live node holding their data", un)
+	}
+	return nil
+}
