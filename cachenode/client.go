@@ -68,6 +68,7 @@ type Client struct {
 	c       *bus.Conn
 	opts    ClientOptions
 	tracker *topology.Tracker
+	pipes   sync.Map // subject → *pipe
 }
 
 // NewClient starts following the cache tier.
@@ -204,34 +205,31 @@ func (cl *Client) target(key string, replica bool) string {
 	return cl.c.Subjects.RecordNode(id)
 }
 
-var reqPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
 // do checks req, sends it to subject and decodes the reply. A node that
 // is gone (no subscriber) is retried through the any-node subject.
 func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wire.Reply, error) {
-	bufp := reqPool.Get().(*[]byte)
-	defer reqPool.Put(bufp)
-	*bufp = req.Append((*bufp)[:0])
+	data := req.Append(make([]byte, 0, 64+len(req.Key)+len(req.Value)))
 	// What the node would refuse is refused here, unsent.
-	if _, err := wire.ParseRequest(*bufp, cl.opts.Limits); err != nil {
-		return wire.Reply{}, wrapErr(err)
+	if err := cl.check(req); err != nil {
+		return wire.Reply{}, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cl.opts.Timeout)
 		defer cancel()
 	}
-	msg, err := cl.c.NC.RequestWithContext(ctx, subject, *bufp)
-	if errors.Is(err, nats.ErrNoResponders) && subject != cl.c.Subjects.RecordAny() {
-		msg, err = cl.c.NC.RequestWithContext(ctx, cl.c.Subjects.RecordAny(), *bufp)
+	any := cl.c.Subjects.RecordAny()
+	repData, err := cl.pipe(subject).call(ctx, data)
+	if errors.Is(err, nats.ErrNoResponders) && subject != any {
+		repData, err = cl.pipe(any).call(ctx, data)
 	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return wire.Reply{}, fmt.Errorf("%w: no cache node answers %s", ErrNoOwner, cl.c.Subjects.RecordAny())
+		return wire.Reply{}, fmt.Errorf("%w: no cache node answers %s", ErrNoOwner, any)
 	case err != nil:
 		return wire.Reply{}, fmt.Errorf("cachenode: %s %s/%s: %w", req.Op, req.NS, req.Key, err)
 	}
-	rep, err := wire.ParseReply(msg.Data, req.Op)
+	rep, err := wire.ParseReply(repData, req.Op)
 	if err != nil {
 		return wire.Reply{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -242,6 +240,149 @@ func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wi
 		return rep, wrapErr(rep.Err)
 	}
 	return rep, nil
+}
+
+// check refuses what a node would refuse for its limits and rules.
+func (cl *Client) check(req *wire.Request) error {
+	if err := bus.CheckNamespace(req.NS); err != nil {
+		return fmt.Errorf("%w: namespace %q must match [A-Za-z0-9_-]{1,64}", ErrBadRequest, req.NS)
+	}
+	lim := cl.opts.Limits
+	if req.Op == wire.OpMGet {
+		if len(req.Keys) == 0 {
+			return fmt.Errorf("%w: no keys", ErrBadRequest)
+		}
+		for _, k := range req.Keys {
+			if err := wire.CheckKey(k, lim); err != nil {
+				return wrapErr(err)
+			}
+		}
+		return nil
+	}
+	if err := wire.CheckKey(req.Key, lim); err != nil {
+		return wrapErr(err)
+	}
+	if len(req.Value) > lim.MaxValue {
+		return fmt.Errorf("%w: value of %d bytes exceeds the limit of %d", ErrTooLarge, len(req.Value), lim.MaxValue)
+	}
+	return nil
+}
+
+// pipeDepth is how many messages a client keeps in flight to one node;
+// requests made while that many are out wait and leave together in one
+// frame (see wire.AppendFrame). Alone, a request waits for nothing.
+const pipeDepth = 2
+
+// maxFrameBytes bounds one frame, under NATS's default 1 MiB payload.
+const maxFrameBytes = 768 << 10
+
+// pipe carries the requests to one subject.
+type pipe struct {
+	cl       *Client
+	subject  string
+	mu       sync.Mutex
+	pending  []*call
+	inflight int
+}
+
+// call is one request waiting for its reply.
+type call struct {
+	req  []byte
+	rep  []byte
+	err  error
+	done chan struct{}
+}
+
+func (cl *Client) pipe(subject string) *pipe {
+	if p, ok := cl.pipes.Load(subject); ok {
+		return p.(*pipe)
+	}
+	p, _ := cl.pipes.LoadOrStore(subject, &pipe{cl: cl, subject: subject})
+	return p.(*pipe)
+}
+
+// call sends req and returns the reply's bytes.
+func (p *pipe) call(ctx context.Context, req []byte) ([]byte, error) {
+	c := &call{req: req, done: make(chan struct{})}
+	p.mu.Lock()
+	p.pending = append(p.pending, c)
+	start := p.inflight < pipeDepth
+	if start {
+		p.inflight++
+	}
+	p.mu.Unlock()
+	if start {
+		go p.run()
+	}
+	select {
+	case <-c.done:
+		return c.rep, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (p *pipe) run() {
+	for {
+		p.mu.Lock()
+		n, size := 0, 0
+		for n < len(p.pending) && n < wire.MaxFrame && (n == 0 || size+len(p.pending[n].req) <= maxFrameBytes) {
+			size += len(p.pending[n].req) + 8
+			n++
+		}
+		if n == 0 {
+			p.inflight--
+			p.pending = nil // drop the drained backing array
+			p.mu.Unlock()
+			return
+		}
+		batch := p.pending[:n:n]
+		p.pending = p.pending[n:]
+		p.mu.Unlock()
+		p.send(batch)
+	}
+}
+
+// send sends calls as one request, or one frame, and hands out the replies.
+func (p *pipe) send(calls []*call) {
+	defer func() {
+		for _, c := range calls {
+			close(c.done)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), p.cl.opts.Timeout)
+	defer cancel()
+	if len(calls) == 1 {
+		msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, calls[0].req)
+		if err != nil {
+			calls[0].err = err
+			return
+		}
+		calls[0].rep = msg.Data
+		return
+	}
+	reqs := make([][]byte, len(calls))
+	for i, c := range calls {
+		reqs[i] = c.req
+	}
+	msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, wire.AppendFrame(nil, false, reqs))
+	var parts [][]byte
+	if err == nil {
+		parts, err = wire.ParseFrame(msg.Data, true)
+		if err == nil && len(parts) != len(calls) {
+			err = fmt.Errorf("%d replies to %d requests", len(parts), len(calls))
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: bad frame reply: %v", ErrUnavailable, err)
+		}
+	}
+	for i, c := range calls {
+		if err != nil {
+			c.err = err
+			continue
+		}
+		c.rep = parts[i]
+	}
 }
 
 // wrapErr maps a protocol error to the Client's errors.

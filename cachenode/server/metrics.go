@@ -11,6 +11,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec // op, result
 	forwarded   *prometheus.CounterVec // op
 	replication *prometheus.CounterVec // result: ok, gone, failed
+	replBatches prometheus.Counter
 	rejected    *prometheus.CounterVec // kind: request, batch
 	handover    *prometheus.CounterVec // result
 	handedIn    prometheus.Counter
@@ -27,6 +28,8 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 			Help: "Record requests forwarded to the node serving their partition."}, []string{"op"}),
 		replication: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_replications_total",
 			Help: "Writes sent to a backup, by result (ok; gone: the backup had no subscriber; failed)."}, []string{"result"}),
+		replBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_replication_batches_total",
+			Help: "Replication messages sent: writes to one backup that arrived together travel in one."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_rejected_total",
 			Help: "Malformed messages refused, by kind."}, []string{"kind"}),
 		handover: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_handovers_total",
@@ -40,7 +43,7 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 		return m, nil
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": node}, reg)
-	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.rejected, m.handover, m.handedIn, m.partitions} {
+	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.partitions} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}

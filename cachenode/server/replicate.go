@@ -23,41 +23,118 @@ func (s *Server) replicate(ctx context.Context, p int, e *wire.Entry) error {
 	if len(targets) == 0 {
 		return nil
 	}
-	batch := wire.AppendEntry(wire.NewBatch(make([]byte, 0, 64+wire.EntrySize(e)), 0), e)
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	if len(targets) == 1 {
-		return s.replicateTo(ctx, targets[0], batch)
+	w := &replWrite{entry: wire.AppendEntry(make([]byte, 0, wire.EntrySize(e)), e), done: make(chan error, len(targets))}
+	for _, id := range targets {
+		s.replicator(id).enqueue(w)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(targets))
-	for i, id := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.replicateTo(ctx, id, batch)
-		}()
+	var errs []error
+	for range targets {
+		select {
+		case err := <-w.done:
+			if err != nil {
+				errs = append(errs, err)
+			}
+		case <-ctx.Done():
+			return wire.Errorf(wire.CodeUnavailable, "stored on %s, replication not confirmed: %v", s.cfg.ID, ctx.Err())
+		}
 	}
-	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// replWrite is one write waiting for a target's acknowledgement.
+type replWrite struct {
+	entry []byte // one encoded entry
+	done  chan error
+}
+
+// replicator sends writes to one target. Writes that arrive while a batch
+// is on its way wait and go together in the next one, so under load a
+// backup gets one message for many writes instead of one each, and alone
+// a write waits for nothing.
+type replicator struct {
+	s       *Server
+	id      string
+	mu      sync.Mutex
+	pending []*replWrite
+	bytes   int
+	busy    bool
+}
+
+// maxReplBatch bounds the bytes of one replication message, well under
+// NATS's default 1 MiB payload limit.
+const maxReplBatch = 512 << 10
+
+func (s *Server) replicator(id string) *replicator {
+	s.replMu.Lock()
+	defer s.replMu.Unlock()
+	r := s.repls[id]
+	if r == nil {
+		r = &replicator{s: s, id: id}
+		s.repls[id] = r
+	}
+	return r
+}
+
+func (r *replicator) enqueue(w *replWrite) {
+	r.mu.Lock()
+	r.pending = append(r.pending, w)
+	r.bytes += len(w.entry)
+	start := !r.busy
+	r.busy = true
+	r.mu.Unlock()
+	if start {
+		go r.run()
+	}
+}
+
+func (r *replicator) run() {
+	buf := make([]byte, 0, 4096)
+	for {
+		r.mu.Lock()
+		n, size := 0, 2
+		for n < len(r.pending) && (n == 0 || size+len(r.pending[n].entry) <= maxReplBatch) {
+			size += len(r.pending[n].entry)
+			n++
+		}
+		if n == 0 {
+			r.busy = false
+			r.mu.Unlock()
+			return
+		}
+		batch := r.pending[:n:n]
+		r.pending = r.pending[n:]
+		r.bytes -= size - 2
+		r.mu.Unlock()
+		buf = wire.NewBatch(buf, 0)
+		for _, w := range batch {
+			buf = append(buf, w.entry...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.RequestTimeout)
+		err := r.s.replicateTo(ctx, r.id, buf, len(batch))
+		cancel()
+		for _, w := range batch {
+			w.done <- err
+		}
+	}
 }
 
 var okReply = []byte("OK")
 
-func (s *Server) replicateTo(ctx context.Context, id string, batch []byte) error {
+func (s *Server) replicateTo(ctx context.Context, id string, batch []byte, writes int) error {
 	msg, err := s.c.NC.RequestWithContext(ctx, s.c.Subjects.RecordReplicate(id), batch)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		s.m.replication.WithLabelValues("gone").Inc()
+		s.m.replication.WithLabelValues("gone").Add(float64(writes))
 		return nil
 	case err != nil:
-		s.m.replication.WithLabelValues("failed").Inc()
+		s.m.replication.WithLabelValues("failed").Add(float64(writes))
 		return wire.Errorf(wire.CodeUnavailable, "stored on %s but not replicated to %s: %v", s.cfg.ID, id, err)
 	case !bytes.Equal(msg.Data, okReply):
-		s.m.replication.WithLabelValues("failed").Inc()
+		s.m.replication.WithLabelValues("failed").Add(float64(writes))
 		return wire.Errorf(wire.CodeUnavailable, "stored on %s but %s refused the copy: %s", s.cfg.ID, id, clip(msg.Data))
 	}
-	s.m.replication.WithLabelValues("ok").Inc()
+	s.m.replication.WithLabelValues("ok").Add(float64(writes))
+	s.m.replBatches.Inc()
 	return nil
 }
 

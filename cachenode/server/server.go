@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,6 +57,9 @@ type Server struct {
 	workOpen bool
 	workers  sync.WaitGroup
 
+	replMu sync.Mutex
+	repls  map[string]*replicator // by target node
+
 	mu      sync.Mutex
 	holds   topology.Holds // partitions whose data this node holds
 	syncing topology.Holds // partitions being copied from a peer
@@ -78,7 +82,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 		return nil, errors.New("server: no NATS connection")
 	}
 	s := &Server{cfg: cfg, c: opts.Conn, log: opts.Log, lim: cfg.limits(), started: time.Now(),
-		writer: writerID(cfg.ID), kick: make(chan struct{}, 1), done: make(chan struct{})}
+		writer: writerID(cfg.ID), repls: map[string]*replicator{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if s.log == nil {
 		s.log = s.c.Log
 	}
@@ -231,25 +235,66 @@ func (s *Server) worker() {
 	}
 }
 
-// handle answers one record request from NATS.
+// handle answers one record request, or a frame of them, from NATS.
 func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
-	req, err := wire.ParseRequest(m.Data, s.lim)
-	var rep wire.Reply
+	if wire.IsFrame(m.Data) {
+		return s.handleFrame(m, buf)
+	}
+	buf, _ = s.answer(m.Data, buf)
+	if m.Reply != "" {
+		if err := m.Respond(buf); err != nil {
+			s.log.Debug("record reply not sent", "err", err)
+		}
+	}
+	return buf
+}
+
+// answer appends the reply to one encoded request to buf.
+func (s *Server) answer(data, buf []byte) ([]byte, wire.Op) {
+	req, err := wire.ParseRequest(data, s.lim)
 	if err != nil {
 		s.m.rejected.WithLabelValues("request").Inc()
-		s.log.Warn("rejected record request", "subject", m.Subject, "bytes", len(m.Data), "err", err)
-		rep = wire.ErrorReply(err)
+		s.log.Warn("rejected record request", "bytes", len(data), "err", err)
+		rep := wire.ErrorReply(err)
+		return rep.Append(buf, req.Op), req.Op
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
+	rep := s.Do(ctx, &req)
+	cancel()
+	return rep.Append(buf, req.Op), req.Op
+}
+
+// handleFrame answers every request of a frame, at once, in one reply:
+// reads return at once, writes wait for their replication together (the
+// replicators send them to each backup in one message).
+func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
+	parts, err := wire.ParseFrame(m.Data, false)
+	if err != nil {
+		s.m.rejected.WithLabelValues("request").Inc()
+		s.log.Warn("rejected record frame", "bytes", len(m.Data), "err", err)
+		rep := wire.ErrorReply(err)
+		buf = rep.Append(buf, wire.OpGet)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
-		rep = s.Do(ctx, &req)
-		cancel()
+		replies := make([][]byte, len(parts))
+		var wg sync.WaitGroup
+		for i, p := range parts {
+			if !bytes.HasPrefix(p, []byte("get ")) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					replies[i], _ = s.answer(p, nil)
+				}()
+				continue
+			}
+			replies[i], _ = s.answer(p, nil)
+		}
+		wg.Wait()
+		buf = wire.AppendFrame(buf, true, replies)
 	}
-	if m.Reply == "" {
-		return buf
-	}
-	buf = rep.Append(buf, req.Op)
-	if err := m.Respond(buf); err != nil {
-		s.log.Debug("record reply not sent", "err", err)
+	if m.Reply != "" {
+		if err := m.Respond(buf); err != nil {
+			s.log.Debug("record reply not sent", "err", err)
+		}
 	}
 	return buf
 }
@@ -304,6 +349,11 @@ func (s *Server) stop(ctx context.Context) {
 	close(s.done)
 	s.bg.Wait()
 	if s.hb != nil {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+		}
 		s.hb.Stop(ctx)
 	}
 	for _, sb := range s.peerSubs {

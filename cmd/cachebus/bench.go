@@ -28,20 +28,28 @@ type benchConfig struct {
 	Window      int           `envconfig:"BENCH_WINDOW" default:"0" desc:"unacknowledged publishes at most (0: 4096)"`
 	NATS        string        `envconfig:"BENCH_NATS" desc:"URL of an external NATS server with JetStream; empty runs an embedded one in this process"`
 	CPUProfile  string        `envconfig:"BENCH_CPUPROFILE" desc:"write a CPU profile of the run to this file"`
+	Clients     int           `envconfig:"BENCH_CLIENTS" default:"16" desc:"records: requests in flight, each waiting for its reply"`
+	Conns       int           `envconfig:"BENCH_CONNS" default:"1" desc:"records: NATS connections the clients share"`
+	Nodes       int           `envconfig:"BENCH_NODES" default:"2" desc:"records: cache nodes started in process when --nats is not given"`
+	Backups     int           `envconfig:"BENCH_BACKUPS" default:"1" desc:"records: backups per partition of the in-process nodes"`
+	Size        int           `envconfig:"BENCH_SIZE" default:"100" desc:"records: value size in bytes"`
+	Keys        int           `envconfig:"BENCH_KEYS" default:"100000" desc:"records: key space"`
 }
 
 // benchKinds are the benchmarks `cachebus bench <kind>` runs.
 var benchKinds = map[string]func(ctx context.Context, env *runEnv, cfg *benchConfig) error{
-	"fanout": runBenchFanout,
+	"fanout":  runBenchFanout,
+	"records": runBenchRecords,
 }
 
 func init() {
 	register(&command{
 		name:    "bench",
-		summary: "measure the bus: fanout (publish→applied latency, core NATS vs the event log or memo clients, or throughput)",
-		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]",
+		summary: "measure the bus (fanout: publish→applied latency or throughput) or the cache tier (records: get and put ops/s)",
+		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]\n  records [--clients 16] [--duration 10s] [--nodes 2] [--backups 1] [--size 100] [--nats URL]",
 		config: func() any {
-			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100}
+			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100,
+				Clients: 16, Conns: 1, Nodes: 2, Backups: 1, Size: 100, Keys: 100000}
 		},
 		flags: func(fs *flag.FlagSet, cfgAny any) {
 			cfg := cfgAny.(*benchConfig)
@@ -57,6 +65,12 @@ func init() {
 			fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged publishes at most (0: 4096)")
 			fs.StringVar(&cfg.NATS, "nats", cfg.NATS, "external NATS URL (default: an embedded server)")
 			fs.StringVar(&cfg.CPUProfile, "cpuprofile", cfg.CPUProfile, "write a CPU profile to this file")
+			fs.IntVar(&cfg.Clients, "clients", cfg.Clients, "records: requests in flight")
+			fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "records: NATS connections the clients share")
+			fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "records: in-process cache nodes (without --nats)")
+			fs.IntVar(&cfg.Backups, "backups", cfg.Backups, "records: backups per partition of the in-process nodes")
+			fs.IntVar(&cfg.Size, "size", cfg.Size, "records: value size in bytes")
+			fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "records: key space")
 		},
 		run: runBench,
 	})
@@ -116,6 +130,33 @@ func runBenchFanout(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	}
 	if err != nil {
 		return fmt.Errorf("fanout: %w", err)
+	}
+	return nil
+}
+
+func runBenchRecords(ctx context.Context, env *runEnv, cfg *benchConfig) error {
+	res, err := bench.Records(ctx, bench.RecordsConfig{
+		URL:      cfg.NATS,
+		Nodes:    cfg.Nodes,
+		Backups:  cfg.Backups,
+		Clients:  cfg.Clients,
+		Conns:    cfg.Conns,
+		Duration: cfg.Duration,
+		Size:     cfg.Size,
+		Keys:     cfg.Keys,
+		Log:      env.log,
+	})
+	if res != nil {
+		if werr := res.WriteText(env.stdout); werr != nil {
+			return werr
+		}
+	}
+	var ce *bench.ConfigError
+	if errors.As(err, &ce) {
+		return usagef("%v", err)
+	}
+	if err != nil {
+		return fmt.Errorf("records: %w", err)
 	}
 	return nil
 }

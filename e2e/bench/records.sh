@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Record get and put of the cache tier beside Redis, in one run:
+#   1. a `cachebus nats` process and NODES `cachebus node` processes (one
+#      backup per partition), measured by `cachebus bench records` from a
+#      client process: CLIENTS requests in flight, SIZE-byte values;
+#   2. redis-server (no persistence) measured by redis-benchmark with the
+#      same number of connections, value size and key space, GET and SET;
+# then a summary with the ratios the cache node issue sets targets for
+# (get ≥ 0.7 × Redis, put with one backup ≥ 0.5 × Redis). It installs
+# nothing: redis-server and redis-benchmark must be on PATH (Debian:
+# apt-get install redis-server). Everything listens on 127.0.0.1 and is
+# stopped on exit.
+#
+#   e2e/bench/records.sh                        # 16 clients, 10s per phase
+#   CLIENTS=16 DURATION=10s NODES=2 e2e/bench/records.sh
+set -euo pipefail
+
+CLIENTS=${CLIENTS:-16}
+DURATION=${DURATION:-10s}
+NODES=${NODES:-2}
+SIZE=${SIZE:-100}
+KEYS=${KEYS:-100000}
+STEP_TIMEOUT=${STEP_TIMEOUT:-300} # seconds, per step: the run is bounded
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/cachebus-bench.XXXXXX")
+pids=()
+
+cleanup() {
+	local pid
+	for pid in "${pids[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${pids[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+missing=()
+for bin in redis-server redis-benchmark go timeout curl; do
+	command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+done
+if ((${#missing[@]} > 0)); then
+	echo "records.sh: missing ${missing[*]} on PATH." >&2
+	echo "  On Debian/Ubuntu: apt-get install redis-server curl (and Go from go.dev)." >&2
+	echo "  This script installs nothing itself." >&2
+	exit 1
+fi
+
+# free_port prints a TCP port nothing listens on at 127.0.0.1.
+free_port() {
+	local port
+	for _ in $(seq 1 100); do
+		port=$((20000 + RANDOM % 20000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return
+		fi
+	done
+	echo "records.sh: no free port found" >&2
+	return 1
+}
+
+# wait_port waits until something accepts connections on 127.0.0.1:$1.
+wait_port() {
+	for _ in $(seq 1 100); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "records.sh: nothing listening on 127.0.0.1:$1 after 10s ($2)" >&2
+	return 1
+}
+
+# wait_ready waits until http://127.0.0.1:$1/readyz answers 200.
+wait_ready() {
+	for _ in $(seq 1 300); do
+		if curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "records.sh: $2 not ready after 30s:" >&2
+	curl -sS "http://127.0.0.1:$1/readyz" >&2 || true
+	return 1
+}
+
+echo "== building cachebus"
+(cd "$root" && go build -o "$work/cachebus" ./cmd/cachebus)
+
+nats_port=$(free_port)
+CACHEBUS_NATS_PORT=$nats_port CACHEBUS_NATS_STORE_DIR="$work/nats" CACHEBUS_HTTP_ADDR= \
+	"$work/cachebus" nats >"$work/nats.log" 2>&1 &
+pids+=($!)
+wait_port "$nats_port" "cachebus nats"
+url="nats://127.0.0.1:$nats_port"
+
+baseline=""
+for i in $(seq 1 "$NODES"); do
+	baseline+="${baseline:+,}node$i"
+done
+for i in $(seq 1 "$NODES"); do
+	port=$(free_port)
+	CACHEBUS_NATS_URL=$url CACHEBUS_NODE_ID=node$i CACHEBUS_BASELINE=$baseline CACHEBUS_BACKUPS=1 \
+		CACHEBUS_HTTP_ADDR=127.0.0.1:$port CACHEBUS_FAILURE_TIMEOUT=2s \
+		"$work/cachebus" node >"$work/node$i.log" 2>&1 &
+	pids+=($!)
+	wait_ready "$port" "node$i"
+done
+
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+	--dir "$work" --logfile "$work/redis.log" --daemonize no &
+pids+=($!)
+wait_port "$redis_port" redis-server
+echo "$NODES cache nodes (1 backup) on cachebus nats at 127.0.0.1:$nats_port;" \
+	"redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$redis_port"
+echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
+
+failed=()
+step() { # step <name> <command…>: run bounded, show and keep the output
+	local name=$1 rc=0
+	shift
+	echo
+	echo "== $name: ${1##*/} ${*:2}"
+	timeout --kill-after=10 "$STEP_TIMEOUT" "$@" >"$work/$name.out" 2>"$work/$name.err" || rc=$?
+	cat "$work/$name.out"
+	if ((rc != 0)); then
+		tail -n 20 "$work/$name.err" >&2
+		echo "records.sh: $name failed (exit $rc)" >&2
+		failed+=("$name")
+	fi
+}
+
+step cachebus "$work/cachebus" bench records --nats "$url" --clients "$CLIENTS" --duration "$DURATION" \
+	--size "$SIZE" --keys "$KEYS"
+# redis-benchmark counts requests, not time: give it as many as our rate
+# could do in DURATION at Redis's speed, bounded so the step stays short.
+secs=${DURATION%s}
+requests=$((secs * 80000))
+step redis redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$CLIENTS" -n "$requests" -d "$SIZE" \
+	-r "$KEYS" -t set,get --csv
+
+ours() { awk -v op="$1" '$1 == "cachebus" && $2 == op { print $3 }' "$work/cachebus.out"; }
+theirs() { awk -F'","' -v op="$1" '{ gsub(/"/, "", $1); gsub(/"/, "", $2) } $1 == op { printf "%.0f\n", $2 }' "$work/redis.out"; }
+p99() { awk -v op="$1" '$1 == "cachebus" && $2 == op { print $6 }' "$work/cachebus.out"; }
+
+echo
+echo "== summary: $CLIENTS clients, $SIZE-byte values, $KEYS keys"
+printf "%-5s %12s %12s %8s %10s\n" op "cachebus/s" "redis/s" ratio "target"
+for op in get put; do
+	r=GET
+	target=0.7
+	if [[ $op == put ]]; then
+		r=SET
+		target=0.5
+	fi
+	a=$(ours "$op")
+	b=$(theirs "$r")
+	printf "%-5s %12s %12s %8s %10s\n" "$op" "${a:--}" "${b:--}" \
+		"$(awk -v a="${a:-0}" -v b="${b:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" "≥ $target"
+done
+echo "cachebus p99: get $(p99 get) µs, put $(p99 put) µs"
+if ((${#failed[@]} > 0)); then
+	echo "records.sh: failed: ${failed[*]}" >&2
+	exit 1
+fi
