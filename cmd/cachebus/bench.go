@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
 	"sort"
@@ -119,6 +120,15 @@ func runBenchFanout(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		Storage:     cfg.Storage,
 		Log:         env.log,
 	})
+	if res == nil {
+		return benchDone(env, "fanout", nil, err)
+	}
+	return benchDone(env, "fanout", res, err)
+}
+
+// benchDone prints what a benchmark measured, even when it then failed,
+// and turns a configuration error into a usage error.
+func benchDone(env *runEnv, kind string, res interface{ WriteText(io.Writer) error }, err error) error {
 	if res != nil {
 		if werr := res.WriteText(env.stdout); werr != nil {
 			return werr
@@ -129,7 +139,7 @@ func runBenchFanout(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		return usagef("%v", err)
 	}
 	if err != nil {
-		return fmt.Errorf("fanout: %w", err)
+		return fmt.Errorf("%s: %w", kind, err)
 	}
 	return nil
 }
@@ -146,17 +156,8 @@ func runBenchRecords(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		Keys:     cfg.Keys,
 		Log:      env.log,
 	})
-	if res != nil {
-		if werr := res.WriteText(env.stdout); werr != nil {
-			return werr
-		}
+	if res == nil {
+		return benchDone(env, "records", nil, err)
 	}
-	var ce *bench.ConfigError
-	if errors.As(err, &ce) {
-		return usagef("%v", err)
-	}
-	if err != nil {
-		return fmt.Errorf("records: %w", err)
-	}
-	return nil
+	return benchDone(env, "records", res, err)
 }

@@ -22,59 +22,10 @@ SIZE=${SIZE:-100}
 KEYS=${KEYS:-100000}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300} # seconds, per step: the run is bounded
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/tmp}/cachebus-bench.XXXXXX")
-pids=()
-
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${pids[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-missing=()
-for bin in redis-server redis-benchmark go timeout curl; do
-	command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
-done
-if ((${#missing[@]} > 0)); then
-	echo "records.sh: missing ${missing[*]} on PATH." >&2
-	echo "  On Debian/Ubuntu: apt-get install redis-server curl (and Go from go.dev)." >&2
-	echo "  This script installs nothing itself." >&2
-	exit 1
-fi
-
-# free_port prints a TCP port nothing listens on at 127.0.0.1.
-free_port() {
-	local port
-	for _ in $(seq 1 100); do
-		port=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-			echo "$port"
-			return
-		fi
-	done
-	echo "records.sh: no free port found" >&2
-	return 1
-}
-
-# wait_port waits until something accepts connections on 127.0.0.1:$1.
-wait_port() {
-	for _ in $(seq 1 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "records.sh: nothing listening on 127.0.0.1:$1 after 10s ($2)" >&2
-	return 1
-}
+script=records.sh
+# shellcheck source=e2e/bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+need redis-server redis-benchmark go timeout curl
 
 # wait_ready waits until http://127.0.0.1:$1/readyz answers 200.
 wait_ready() {
@@ -121,20 +72,6 @@ echo "$NODES cache nodes (1 backup) on cachebus nats at 127.0.0.1:$nats_port;" \
 	"redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$redis_port"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 
-failed=()
-step() { # step <name> <command…>: run bounded, show and keep the output
-	local name=$1 rc=0
-	shift
-	echo
-	echo "== $name: ${1##*/} ${*:2}"
-	timeout --kill-after=10 "$STEP_TIMEOUT" "$@" >"$work/$name.out" 2>"$work/$name.err" || rc=$?
-	cat "$work/$name.out"
-	if ((rc != 0)); then
-		tail -n 20 "$work/$name.err" >&2
-		echo "records.sh: $name failed (exit $rc)" >&2
-		failed+=("$name")
-	fi
-}
 
 step cachebus "$work/cachebus" bench records --nats "$url" --clients "$CLIENTS" --duration "$DURATION" \
 	--size "$SIZE" --keys "$KEYS"
