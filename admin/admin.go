@@ -30,7 +30,7 @@ const DefaultRequestTimeout = 5 * time.Second
 // CACHEBUS_ by every daemon.
 type Config struct {
 	HTTPAddr string   `envconfig:"HTTP_ADDR" default:"127.0.0.1:7380" desc:"address the HTTP admin API (/v1/, /healthz, /readyz, /metrics) listens on; port 0 picks a free one, empty turns it off"`
-	Token    string   `envconfig:"ADMIN_TOKEN" desc:"bearer token the admin verbs (POST /v1/...) require; without one they are refused"`
+	Token    string   `envconfig:"ADMIN_TOKEN" desc:"bearer token the admin verbs (POST /v1/..., and record writes on a cache node) require; without one they are refused"`
 	Allow    []string `envconfig:"ADMIN_ALLOW" default:"127.0.0.1/32,::1/128" desc:"comma-separated CIDRs allowed to call /v1/ (the connection's source address; X-Forwarded-For is ignored)"`
 }
 
@@ -134,8 +134,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Handle adds a daemon's own route; routes under /v1/ get the same
-// address and token checks as the built-in ones.
+// Handle adds a daemon's own route, such as a cache node's records. Routes
+// under /v1/ get the same checks as the built-in ones: GET and HEAD those
+// of GET /v1/status (an allowed address, and the token when one is set),
+// every other method those of the POST verbs (an allowed address and the
+// token, which must be set).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // SetState sets the cluster state for a daemon that opens it after the
@@ -169,7 +172,7 @@ func verbOf(path string) string {
 	rest := strings.TrimPrefix(path, "/v1/")
 	verb, _, _ := strings.Cut(rest, "/")
 	switch verb {
-	case "expire", "seed", "fallback", "drain", "status":
+	case "expire", "seed", "fallback", "drain", "status", "records":
 		return verb
 	}
 	return "other"

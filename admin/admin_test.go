@@ -581,3 +581,71 @@ func TestServe(t *testing.T) {
 		t.Fatal("still serving after cancel")
 	}
 }
+
+// TestHandleChecksAccess checks that a daemon's own /v1/ route (a cache
+// node's records) gets the checks of the built-in ones: reads those of
+// GET /v1/status, writes those of the POST verbs; and that refusals are
+// counted under its verb.
+func TestHandleChecksAccess(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	withToken := newFixture(t, admin.Config{Token: testToken}, func(o *admin.Options) { o.Registerer = reg })
+	noToken := newFixture(t, admin.Config{}, nil)
+	records := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+		_, _ = io.WriteString(w, r.Method+" "+r.URL.Path)
+	})
+	for _, f := range []*fixture{withToken, noToken} {
+		f.srv.Handle("/v1/records/", records)
+	}
+	const in, out = "127.0.0.1:5000", "203.0.113.9:5000"
+	cases := []struct {
+		name       string
+		f          *fixture
+		method     string
+		remote     string
+		token      string
+		wantStatus int
+	}{
+		{"get with the token", withToken, "GET", in, testToken, http.StatusTeapot},
+		{"head with the token", withToken, "HEAD", in, testToken, http.StatusTeapot},
+		{"get without the token", withToken, "GET", in, "", 401},
+		{"get with a wrong token", withToken, "GET", in, "guess", 401},
+		{"get from outside", withToken, "GET", out, testToken, 403},
+		{"put with the token", withToken, "PUT", in, testToken, http.StatusTeapot},
+		{"delete with the token", withToken, "DELETE", in, testToken, http.StatusTeapot},
+		{"put without the token", withToken, "PUT", in, "", 401},
+		{"delete from outside", withToken, "DELETE", out, testToken, 403},
+		{"no token set: get", noToken, "GET", in, "", http.StatusTeapot},
+		{"no token set: get from outside", noToken, "GET", out, "", 403},
+		{"no token set: put refused", noToken, "PUT", in, "anything", 403},
+		{"no token set: delete refused", noToken, "DELETE", in, "", 403},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, body := tc.f.do(t, tc.method, "/v1/records/users/k", tc.remote, tc.token, []byte("v"))
+			if code != tc.wantStatus {
+				t.Fatalf("%s = %d %s, want %d", tc.method, code, body, tc.wantStatus)
+			}
+			if code == http.StatusTeapot && tc.method != "HEAD" && body != tc.method+" /v1/records/users/k" {
+				t.Fatalf("handler saw %q", body)
+			}
+		})
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0.0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "verb" && l.GetValue() == "records" {
+					refused += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if refused != 5 {
+		t.Errorf("cachebus_admin_requests_total{verb=\"records\"} sums to %v, want the 5 refusals", refused)
+	}
+}

@@ -10,13 +10,16 @@
 //	POST /v1/drain/{role}/{id}  a Drain payload (empty: on), recorded likewise
 //
 // GET /v1/status reports members, fallbacks, drains and the event log's
-// position; the same Collect gathers it for `cachebus status`. /healthz,
-// /readyz and /metrics need no credentials.
+// position; the same Collect gathers it for `cachebus status`. A daemon
+// adds its own /v1/ routes with Handle (a cache node's
+// /v1/records/{ns}/{key}). /healthz, /readyz and /metrics need no
+// credentials.
 //
 // Every /v1/ call must come from an address inside CACHEBUS_ADMIN_ALLOW
 // (the connection's address, never a forwarded header), else 403, and carry
 // "Authorization: Bearer <CACHEBUS_ADMIN_TOKEN>", else 401. Without a
-// configured token the verbs are refused and only status can be read.
+// configured token the verbs (every method but GET and HEAD) are refused
+// and only GET routes can be read.
 // Errors are JSON {"error":"…"}; a rejected payload is a 400 that names the
 // field, and nothing is published.
 package admin

@@ -1,6 +1,7 @@
 package cachenode
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,7 +39,9 @@ var (
 type ClientOptions struct {
 	// DC is the caller's data center, for reads with FromDC.
 	DC string
-	// Timeout bounds a request whose context has no deadline. Default 2s.
+	// Timeout bounds a request whose context has no deadline. Default 5s:
+	// above a node's forward and replication timeouts (2s each by
+	// default), so the client sees a node's error rather than its own.
 	Timeout time.Duration
 	// FailureTimeout is the cluster's CACHEBUS_FAILURE_TIMEOUT: how long a
 	// silent node is still taken as live. Default 5s.
@@ -69,12 +72,14 @@ type Client struct {
 	opts    ClientOptions
 	tracker *topology.Tracker
 	pipes   sync.Map // subject → *pipe
+	// readAttempt bounds a read's first try at the node it addresses.
+	readAttempt time.Duration
 }
 
 // NewClient starts following the cache tier.
 func NewClient(ctx context.Context, c *bus.Conn, opts ClientOptions) (*Client, error) {
 	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
+		opts.Timeout = 5 * time.Second
 	}
 	if opts.Limits == (wire.Limits{}) {
 		opts.Limits = wire.DefaultLimits
@@ -87,7 +92,11 @@ func NewClient(ctx context.Context, c *bus.Conn, opts ClientOptions) (*Client, e
 	if err != nil {
 		return nil, fmt.Errorf("cachenode: client: %w", err)
 	}
-	return &Client{c: c, opts: opts, tracker: t}, nil
+	ft := opts.FailureTimeout
+	if ft <= 0 {
+		ft = 5 * time.Second
+	}
+	return &Client{c: c, opts: opts, tracker: t, readAttempt: ft / 2}, nil
 }
 
 // Close stops following the cache tier; the connection stays open.
@@ -219,8 +228,19 @@ func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wi
 		defer cancel()
 	}
 	any := cl.c.Subjects.RecordAny()
-	repData, err := cl.pipe(subject).call(ctx, data)
-	if errors.Is(err, nats.ErrNoResponders) && subject != any {
+	attempt, cancel := ctx, context.CancelFunc(func() {})
+	read := req.Op == wire.OpGet || req.Op == wire.OpMGet
+	if read && subject != any {
+		// A read stuck on a node that just died is asked again of any
+		// node, which serves it from a backup: a read waits about half a
+		// failure timeout for a crashed node, not a whole request timeout.
+		attempt, cancel = context.WithTimeout(ctx, cl.readAttempt)
+	}
+	repData, err := cl.pipe(subject).call(attempt, data)
+	cancel()
+	retry := errors.Is(err, nats.ErrNoResponders) ||
+		(read && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil)
+	if retry && subject != any {
 		repData, err = cl.pipe(any).call(ctx, data)
 	}
 	switch {
@@ -273,6 +293,11 @@ func (cl *Client) check(req *wire.Request) error {
 // frame (see wire.AppendFrame). Alone, a request waits for nothing.
 const pipeDepth = 2
 
+// pipeStall is how long a request waits behind full pipe before it is
+// sent on its own: a message stuck on a node that just crashed must not
+// hold back what follows it.
+const pipeStall = 10 * time.Millisecond
+
 // maxFrameBytes bounds one frame, under NATS's default 1 MiB payload.
 const maxFrameBytes = 768 << 10
 
@@ -287,10 +312,12 @@ type pipe struct {
 
 // call is one request waiting for its reply.
 type call struct {
-	req  []byte
-	rep  []byte
-	err  error
-	done chan struct{}
+	ctx   context.Context
+	taken bool // in a message on its way; set under the pipe's lock
+	req   []byte
+	rep   []byte
+	err   error
+	done  chan struct{}
 }
 
 func (cl *Client) pipe(subject string) *pipe {
@@ -303,7 +330,7 @@ func (cl *Client) pipe(subject string) *pipe {
 
 // call sends req and returns the reply's bytes.
 func (p *pipe) call(ctx context.Context, req []byte) ([]byte, error) {
-	c := &call{req: req, done: make(chan struct{})}
+	c := &call{ctx: ctx, req: req, done: make(chan struct{})}
 	p.mu.Lock()
 	p.pending = append(p.pending, c)
 	start := p.inflight < pipeDepth
@@ -314,11 +341,25 @@ func (p *pipe) call(ctx context.Context, req []byte) ([]byte, error) {
 	if start {
 		go p.run()
 	}
-	select {
-	case <-c.done:
-		return c.rep, c.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	stall := time.NewTimer(pipeStall)
+	defer stall.Stop()
+	for {
+		select {
+		case <-c.done:
+			return c.rep, c.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-stall.C:
+			p.mu.Lock()
+			waiting := !c.taken
+			if waiting {
+				p.inflight++
+			}
+			p.mu.Unlock()
+			if waiting {
+				go p.run()
+			}
+		}
 	}
 }
 
@@ -338,8 +379,24 @@ func (p *pipe) run() {
 		}
 		batch := p.pending[:n:n]
 		p.pending = p.pending[n:]
+		for _, c := range batch {
+			c.taken = true
+		}
 		p.mu.Unlock()
-		p.send(batch)
+		// A request whose caller gave up is not sent: applied late, a write
+		// would overwrite what its caller wrote after it.
+		live := batch[:0:0]
+		for _, c := range batch {
+			if c.ctx.Err() != nil {
+				c.err = c.ctx.Err()
+				close(c.done)
+				continue
+			}
+			live = append(live, c)
+		}
+		if len(live) > 0 {
+			p.send(live)
+		}
 	}
 }
 
@@ -377,13 +434,24 @@ func (p *pipe) send(calls []*call) {
 		}
 	}
 	for i, c := range calls {
-		if err != nil {
+		switch {
+		case err != nil:
 			c.err = err
-			continue
+		case bytes.HasPrefix(parts[i], frameFull):
+			// The frame's reply was full: this one is asked alone.
+			msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, c.req)
+			if err != nil {
+				c.err = err
+				continue
+			}
+			c.rep = msg.Data
+		default:
+			c.rep = parts[i]
 		}
-		c.rep = parts[i]
 	}
 }
+
+var frameFull = []byte("ERR " + wire.CodeFrameFull + " ")
 
 // wrapErr maps a protocol error to the Client's errors.
 func wrapErr(err error) error {

@@ -84,8 +84,8 @@ func (c *StoreConfig) setDefaults() {
 // carries the store-wide sequence at which it was written, and a flush
 // records the sequence at which it happened. A read drops an entry written
 // before a flush that covers it. A background sweep then deletes what the
-// flush covers and forgets the record; a namespace flush swaps in an empty
-// cache instead.
+// flush covers and forgets the record; a namespace flush swaps in a new
+// cache holding only what was written after it.
 type Store struct {
 	cfg    StoreConfig
 	seq    atomic.Uint64
@@ -115,6 +115,9 @@ type space struct {
 	rules   atomic.Pointer[flushRules]
 	rulesMu sync.Mutex
 	sweep   chan struct{}
+	// swapMu is held shared by writers and exclusively by a swap, so no
+	// write lands in a cache the swap is replacing.
+	swapMu sync.RWMutex
 }
 
 // flushRules is immutable once published; a change publishes a copy.
@@ -247,7 +250,9 @@ func (s *Store) SetUntil(ns, key string, value []byte, deadline int64, tags ...s
 		buf = append(buf, t...)
 	}
 	buf = append(buf, value...)
+	sp.swapMu.RLock()
 	err = sp.cache.Load().Set(key, buf) // bigcache copies the entry
+	sp.swapMu.RUnlock()
 	if cap(buf) <= 64<<10 {
 		*bufp = buf
 		entryPool.Put(bufp)
@@ -259,8 +264,10 @@ func (s *Store) SetUntil(ns, key string, value []byte, deadline int64, tags ...s
 }
 
 // MaxEntry is the largest entry a namespace takes, header and tags
-// included: bigcache's bound of one shard.
-func (s *Store) MaxEntry() int { return s.cfg.MaxMB << 20 / s.cfg.Shards }
+// included: half of one bigcache shard, because bigcache refuses an entry
+// its shard's queue cannot grow around, which happens well before the
+// entry is the shard's whole size.
+func (s *Store) MaxEntry() int { return s.cfg.MaxMB << 20 / s.cfg.Shards / 2 }
 
 // Overhead is how many bytes an entry adds to its value and tags.
 const Overhead = headerLen
@@ -393,7 +400,9 @@ func (r *flushRules) covers(key string, h entryHeader) bool {
 // Delete removes ns/key.
 func (s *Store) Delete(ns, key string) {
 	if sp := s.lookup(ns); sp != nil {
+		sp.swapMu.RLock()
 		_ = sp.cache.Load().Delete(key)
+		sp.swapMu.RUnlock()
 	}
 }
 
@@ -524,16 +533,31 @@ func (s *Store) sweeper(sp *space) {
 	}
 }
 
-// swap replaces a flushed namespace's cache with an empty one. Entries
-// written between the flush and the swap are dropped too: misses, never
-// stale reads.
+// swap replaces a flushed namespace's cache with one holding only what
+// was written after the flush. Writers wait while it copies those, so
+// none is lost, and readers keep reading the old cache until the new one
+// is complete: a write acknowledged after a flush stays readable.
 func (s *Store) swap(sp *space) {
 	c, err := s.newCache()
 	if err != nil {
 		s.cfg.Log.Error("namespace flush: new cache", "ns", sp.name, "err", err)
 		return
 	}
-	old := sp.cache.Swap(c)
+	sp.swapMu.Lock()
+	old := sp.cache.Load()
+	at := sp.flushedAt.Load()
+	it := old.Iterator()
+	for it.SetNext() {
+		ei, err := it.Value()
+		if err != nil {
+			continue
+		}
+		if h, ok := parseEntry(ei.Value()); ok && h.seq > at {
+			_ = c.Set(ei.Key(), ei.Value())
+		}
+	}
+	sp.cache.Store(c)
+	sp.swapMu.Unlock()
 	_ = old.Close()
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/cachenode"
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/wire"
 )
@@ -34,6 +35,9 @@ type Config struct {
 	bus.HeartbeatConfig
 }
 
+// storeShards is the bigcache shard count of a node's namespaces.
+const storeShards = 256
+
 // limits are the request limits of c.
 func (c *Config) limits() wire.Limits {
 	return wire.Limits{MaxKey: c.MaxKey, MaxValue: c.MaxValue, MaxKeys: c.MaxKeys}
@@ -58,6 +62,13 @@ func (c *Config) check() error {
 	setDefault(&c.MaxMB, 256)
 	setDefault(&c.Workers, 64)
 	setDefault(&c.HandoverBatchBytes, 256<<10)
+	if c.MaxKey > 4096 {
+		return fmt.Errorf("server: CACHEBUS_RECORD_MAX_KEY must be at most 4096 bytes, got %d", c.MaxKey)
+	}
+	if fit := c.MaxMB<<20/storeShards/2 - envelopeLen - cachenode.Overhead - c.MaxKey; c.MaxValue > fit {
+		return fmt.Errorf("server: CACHEBUS_RECORD_MAX_VALUE %d does not fit a namespace of CACHEBUS_NODE_MAX_MB=%d (at most %d bytes)",
+			c.MaxValue, c.MaxMB, fit)
+	}
 	if c.Backups < 0 {
 		return fmt.Errorf("server: CACHEBUS_BACKUPS must be 0 or more, got %d", c.Backups)
 	}

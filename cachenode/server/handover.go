@@ -53,24 +53,44 @@ func (s *Server) reconcile() {
 	if a.Version == 0 {
 		return
 	}
-	settled := time.Since(s.started) >= s.cfg.FailureTimeout
+	settled := time.Since(time.Unix(0, s.settleFrom.Load())) >= s.cfg.FailureTimeout
+	if settled && !tab.Live(s.cfg.ID) {
+		// Its own heartbeats have not come back for a failure timeout: the
+		// node was cut off or stalled, its peers took it for dead and
+		// stopped replicating to it.
+		s.suspectAll("own heartbeats not seen for a failure timeout")
+		s.settleFrom.Store(time.Now().UnixNano())
+		return
+	}
 	from := map[string][]int{}
-	var drop topology.Holds
-	var dropped, taken int
+	var drop, empty topology.Holds
+	var dropped, taken, restored int
 	s.mu.Lock()
 	for p := range partition.Partitions {
 		owner := slices.Contains(a.Owners[p], s.cfg.ID)
-		held, syncing := s.holds.Has(p), s.syncing.Has(p)
+		held, syncing, suspect := s.holds.Has(p), s.syncing.Has(p), s.suspect.Has(p)
+		prim := tab.Primary(p)
 		switch {
 		case syncing:
+		case !held && suspect && prim == "" && settled:
+			// Nobody kept it while this node was cut off: what this node
+			// has is the best there is.
+			s.holds.Set(p, true)
+			s.suspect.Set(p, false)
+			restored++
 		case owner && !held:
-			switch prim := tab.Primary(p); {
+			switch {
 			case prim != "" && prim != s.cfg.ID:
 				from[prim] = append(from[prim], p)
+				s.suspect.Set(p, false)
 			case prim == "" && settled:
 				s.holds.Set(p, true)
+				empty.Set(p, true)
 				taken++
 			}
+		case !owner && !held && suspect && prim != "" && prim != s.cfg.ID:
+			s.suspect.Set(p, false)
+			drop.Set(p, true)
 		case !owner && held && ownersHold(tab, p):
 			drop.Set(p, true)
 			s.holds.Set(p, false)
@@ -85,18 +105,58 @@ func (s *Server) reconcile() {
 	s.updateGauges(a)
 	s.mu.Unlock()
 	if taken > 0 {
+		// Leftovers of a copy that failed are no base to build on.
+		s.clear(&empty)
 		s.log.Info("took partitions no live node held, empty", "partitions", taken, "assignment", a.Version)
 	}
-	if dropped > 0 {
-		n := s.clear(&drop)
-		s.log.Info("dropped partitions now held by their owners", "partitions", dropped, "records", n)
+	if restored > 0 {
+		s.log.Warn("kept partitions held before a disconnect: no live node holds them", "partitions", restored)
 	}
-	if taken > 0 || dropped > 0 {
+	if drop.Count() > 0 {
+		n := s.clear(&drop)
+		if dropped > 0 {
+			s.log.Info("dropped partitions now held by their owners", "partitions", dropped, "records", n)
+		}
+	}
+	if taken > 0 || dropped > 0 || restored > 0 {
 		s.hb.Announce()
 	}
 	for src, parts := range from {
 		s.bg.Add(1)
 		go s.syncFrom(src, parts)
+	}
+}
+
+// suspectAll stops announcing every partition held: writes made while the
+// node could not hear may be missing from them.
+func (s *Server) suspectAll(why string) {
+	s.mu.Lock()
+	n := s.holds.Count()
+	for i := range s.holds {
+		s.suspect[i] |= s.holds[i]
+	}
+	s.holds = topology.Holds{}
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Warn(why+": partitions held are suspect until copied again", "partitions", n)
+		s.hb.Announce()
+	}
+}
+
+// onConnEvent handles the node's own connection: while it is cut off,
+// writes replicated to it are lost (primaries skip a backup with no
+// subscriber), so on a disconnect it stops announcing what it holds and,
+// once back, copies its partitions again from whoever kept serving them.
+// Where nobody did (every node was cut off, say by a NATS restart), it
+// keeps its own data after a failure timeout.
+func (s *Server) onConnEvent(ev bus.ConnEvent) {
+	switch ev {
+	case bus.Disconnected:
+		s.suspectAll("disconnected from NATS")
+	case bus.Reconnected:
+		s.settleFrom.Store(time.Now().UnixNano())
+		s.hb.Announce()
+		s.poke()
 	}
 }
 
@@ -281,7 +341,12 @@ func (s *Server) onSyncRequest(m *nats.Msg) {
 	var set topology.Holds
 	s.mu.Lock()
 	for _, p := range req.Partitions {
-		if p < 0 || p >= partition.Partitions || !s.holds.Has(p) {
+		if p < 0 || p >= partition.Partitions {
+			s.mu.Unlock()
+			refuse(wire.CodeBadRequest, "partition %d out of range 0 to %d", p, partition.Partitions-1)
+			return
+		}
+		if !s.holds.Has(p) {
 			s.mu.Unlock()
 			refuse(wire.CodeNoOwner, "%s does not hold partition %d", s.cfg.ID, p)
 			return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/cachenode/wire"
@@ -28,12 +29,22 @@ func (s *Server) replicate(ctx context.Context, p int, e *wire.Entry) error {
 		s.replicator(id).enqueue(w)
 	}
 	var errs []error
-	for range targets {
+	stall := time.NewTimer(replStall)
+	defer stall.Stop()
+	for got := 0; got < len(targets); {
 		select {
 		case err := <-w.done:
+			got++
 			if err != nil {
 				errs = append(errs, err)
 			}
+		case <-stall.C:
+			// A batch is stuck on a target (one that has just crashed
+			// never answers): this write must not wait behind it.
+			for _, id := range targets {
+				s.replicator(id).nudge()
+			}
+			stall.Reset(replStall)
 		case <-ctx.Done():
 			return wire.Errorf(wire.CodeUnavailable, "stored on %s, replication not confirmed: %v", s.cfg.ID, ctx.Err())
 		}
@@ -50,15 +61,24 @@ type replWrite struct {
 // replicator sends writes to one target. Writes that arrive while a batch
 // is on its way wait and go together in the next one, so under load a
 // backup gets one message for many writes instead of one each, and alone
-// a write waits for nothing.
+// a write waits for nothing. A batch out for longer than replStall no
+// longer holds back the writes behind it: another sender takes them, so a
+// batch lost with a crashed target delays only its own writes, and the
+// next ones find the target gone at once. Copies that overtake each other
+// are harmless: a backup keeps the newest version of each key.
 type replicator struct {
 	s       *Server
 	id      string
 	mu      sync.Mutex
 	pending []*replWrite
 	bytes   int
-	busy    bool
+	senders int       // goroutines running run
+	last    time.Time // when a sender last took a batch or was started
 }
+
+// replStall is how long a batch may be out before the writes queued
+// behind it get a sender of their own.
+const replStall = 50 * time.Millisecond
 
 // maxReplBatch bounds the bytes of one replication message, well under
 // NATS's default 1 MiB payload limit.
@@ -79,8 +99,26 @@ func (r *replicator) enqueue(w *replWrite) {
 	r.mu.Lock()
 	r.pending = append(r.pending, w)
 	r.bytes += len(w.entry)
-	start := !r.busy
-	r.busy = true
+	start := r.senders == 0 || time.Since(r.last) > replStall
+	if start {
+		r.senders++
+		r.last = time.Now()
+	}
+	r.mu.Unlock()
+	if start {
+		go r.run()
+	}
+}
+
+// nudge starts another sender when writes are pending and no batch has
+// been taken for replStall: every sender is stuck on one.
+func (r *replicator) nudge() {
+	r.mu.Lock()
+	start := len(r.pending) > 0 && time.Since(r.last) > replStall
+	if start {
+		r.senders++
+		r.last = time.Now()
+	}
 	r.mu.Unlock()
 	if start {
 		go r.run()
@@ -97,13 +135,14 @@ func (r *replicator) run() {
 			n++
 		}
 		if n == 0 {
-			r.busy = false
+			r.senders--
 			r.mu.Unlock()
 			return
 		}
 		batch := r.pending[:n:n]
 		r.pending = r.pending[n:]
 		r.bytes -= size - 2
+		r.last = time.Now()
 		r.mu.Unlock()
 		buf = wire.NewBatch(buf, 0)
 		for _, w := range batch {
@@ -146,6 +185,9 @@ func (s *Server) onReplicate(m *nats.Msg) {
 	if err != nil {
 		s.m.rejected.WithLabelValues("batch").Inc()
 		s.log.Warn("rejected replicated writes", "subject", m.Subject, "bytes", len(m.Data), "err", err)
+		if errors.Is(err, wire.ErrBadBatch) {
+			err = wire.Errorf(wire.CodeBadRequest, "%v", err) // the sender's fault, not this node's
+		}
 		rep := wire.ErrorReply(err)
 		_ = m.Respond(rep.Append(nil, wire.OpPut))
 		return
@@ -157,7 +199,9 @@ func (s *Server) applyEntry(e *wire.Entry) error {
 	if err := bus.CheckNamespace(e.NS); err != nil {
 		return wire.Errorf(wire.CodeBadRequest, "entry %q: bad namespace", clip([]byte(e.NS)))
 	}
-	if err := wire.CheckKey(e.Key, s.lim); err != nil {
+	// The writer checked the key against its limits; a backup configured
+	// with smaller ones must still keep the copy.
+	if err := wire.CheckKey(e.Key, wire.Limits{MaxKey: 0xffff}); err != nil {
 		return err
 	}
 	if _, err := s.rec.apply(e); err != nil {

@@ -62,7 +62,13 @@ type Server struct {
 
 	mu      sync.Mutex
 	holds   topology.Holds // partitions whose data this node holds
+	suspect topology.Holds // held before a disconnect, not announced since
 	syncing topology.Holds // partitions being copied from a peer
+
+	// settleFrom is when the node started or last reconnected: after a
+	// failure timeout from then it has heard every live peer.
+	settleFrom atomic.Int64
+	stopConn   func()
 
 	kick     chan struct{}
 	done     chan struct{}
@@ -87,12 +93,13 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 		s.log = s.c.Log
 	}
 	s.log = s.log.With("node", cfg.ID)
+	s.settleFrom.Store(s.started.UnixNano())
 	var err error
 	if s.m, err = newMetrics(opts.Registerer, cfg.ID); err != nil {
 		return nil, err
 	}
 	s.rec.store = cachenode.NewStore(cachenode.StoreConfig{MaxMB: cfg.MaxMB, MaxTTL: cfg.MaxTTL,
-		DefaultTTL: cfg.DefaultTTL, StaleGrace: cfg.StaleGrace, Log: s.log})
+		DefaultTTL: cfg.DefaultTTL, StaleGrace: cfg.StaleGrace, Shards: storeShards, Log: s.log})
 	ok := false
 	defer func() {
 		if !ok {
@@ -102,6 +109,9 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := s.openBus(ctx); err != nil {
 		return nil, err
 	}
+	// The node hears its peers from now on, not from when it started:
+	// opening the buckets may take longer than a failure timeout.
+	s.settleFrom.Store(time.Now().UnixNano())
 	if err := s.subscribe(); err != nil {
 		return nil, err
 	}
@@ -109,6 +119,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if s.hb, err = bus.StartHeartbeat(s.c, hb, cfg.Interval, s.status); err != nil {
 		return nil, fmt.Errorf("server: heartbeat: %w", err)
 	}
+	s.stopConn = s.c.OnEvent(s.onConnEvent)
 	s.bg.Add(1)
 	go s.reconcileLoop()
 	ok = true
@@ -240,7 +251,12 @@ func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
 	if wire.IsFrame(m.Data) {
 		return s.handleFrame(m, buf)
 	}
-	buf, _ = s.answer(m.Data, buf)
+	start := len(buf)
+	buf, op := s.answer(m.Data, buf)
+	if limit := s.replyLimit(); len(buf)-start > limit {
+		rep := wire.ErrorReply(wire.Errorf(wire.CodeTooLarge, "reply of %d bytes exceeds the NATS payload limit of %d; ask for fewer keys", len(buf)-start, limit))
+		buf = rep.Append(buf[:start], op)
+	}
 	if m.Reply != "" {
 		if err := m.Respond(buf); err != nil {
 			s.log.Debug("record reply not sent", "err", err)
@@ -289,6 +305,15 @@ func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 			replies[i], _ = s.answer(p, nil)
 		}
 		wg.Wait()
+		// Replies past the payload limit are sent back to be asked again
+		// alone.
+		size, limit := 0, s.replyLimit()
+		for i, r := range replies {
+			if size += len(r) + 16; size > limit {
+				rep := wire.ErrorReply(wire.Errorf(wire.CodeFrameFull, "reply does not fit the frame; send the request alone"))
+				replies[i] = rep.Append(nil, wire.OpGet)
+			}
+		}
 		buf = wire.AppendFrame(buf, true, replies)
 	}
 	if m.Reply != "" {
@@ -298,6 +323,9 @@ func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 	}
 	return buf
 }
+
+// replyLimit is the largest reply NATS carries, with room for headers.
+func (s *Server) replyLimit() int { return int(s.c.NC.MaxPayload()) - 1024 }
 
 // status refreshes the heartbeat's fields before each beat.
 func (s *Server) status(hb *bus.Heartbeat) {
@@ -346,6 +374,9 @@ func (s *Server) stop(ctx context.Context) {
 	}
 	s.workMu.Unlock()
 	s.workers.Wait()
+	if s.stopConn != nil {
+		s.stopConn()
+	}
 	close(s.done)
 	s.bg.Wait()
 	if s.hb != nil {

@@ -28,11 +28,13 @@ type Tracker struct {
 
 	members *bus.Membership
 	watch   *persistence.Watcher
+	cancel  context.CancelFunc // the watch's context
 }
 
-// Track starts tracking. onChange, when not nil, is called with every new
-// table, from one goroutine at a time; it must not block for long.
-// failureTimeout is how long a silent node stays live.
+// Track starts tracking. ctx bounds the start (the first read of the
+// assignment) only: tracking goes on until Stop. onChange, when not nil,
+// is called with every new table, from one goroutine at a time; it must
+// not block for long. failureTimeout is how long a silent node stays live.
 func Track(ctx context.Context, c *bus.Conn, nodes *persistence.Nodes, failureTimeout time.Duration, onChange func(*Table)) (*Tracker, error) {
 	t := &Tracker{c: c, onChange: onChange, assign: &partition.Assignment{}, nodes: map[string]*Node{}}
 	t.table.Store(Build(t.assign, map[string]*Node{}))
@@ -44,17 +46,26 @@ func Track(ctx context.Context, c *bus.Conn, nodes *persistence.Nodes, failureTi
 		return nil, err
 	}
 	t.members = m
-	w, err := nodes.Watch(ctx, func(b partition.Baseline, a partition.Assignment) {
+	// The watch ends with its context: give it one that ctx cancels only
+	// until the first read is done.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	detach := context.AfterFunc(ctx, cancel)
+	w, err := nodes.Watch(wctx, func(b partition.Baseline, a partition.Assignment) {
 		t.mu.Lock()
 		t.baseline, t.assign = b, &a
 		t.mu.Unlock()
 		t.rebuild()
 	})
+	if err == nil && !detach() {
+		w.Stop()
+		err = ctx.Err()
+	}
 	if err != nil {
+		cancel()
 		m.Stop()
 		return nil, fmt.Errorf("topology: %w", err)
 	}
-	t.watch = w
+	t.watch, t.cancel = w, cancel
 	return t, nil
 }
 
@@ -122,5 +133,6 @@ func (t *Tracker) rebuild() {
 // Stop ends tracking.
 func (t *Tracker) Stop() {
 	t.watch.Stop()
+	t.cancel()
 	t.members.Stop()
 }

@@ -23,6 +23,9 @@ const (
 	CodeUnavailable Code = "unavailable"
 	// CodeInternal: the node failed.
 	CodeInternal Code = "internal"
+	// CodeFrameFull: the request came in a frame whose reply would not fit
+	// one NATS message; sent alone, it is answered.
+	CodeFrameFull Code = "frame_full"
 )
 
 // Error is a failed request, as a reply carries it.

@@ -276,6 +276,11 @@ func TestUsageErrors(t *testing.T) {
 		{nil, []string{"status", "extra"}, "unexpected arguments"},
 		{nil, []string{"dev", "--nats-port", "70000"}, "--nats-port: want a port"},
 		{nil, []string{"nats", "extra"}, "unexpected arguments"},
+		{nil, []string{"node", "extra"}, "unexpected arguments"},
+		{nil, []string{"node", "--id", "a.b"}, "--id / CACHEBUS_NODE_ID: must match"},
+		{map[string]string{"CACHEBUS_BASELINE": "n1,n1"}, []string{"node", "--id", "n1"}, "CACHEBUS_BASELINE"},
+		{map[string]string{"CACHEBUS_FAILURE_TIMEOUT": "1s", "CACHEBUS_HEARTBEAT_INTERVAL": "2s"}, []string{"node"}, "must be longer than CACHEBUS_HEARTBEAT_INTERVAL"},
+		{nil, []string{"dev", "--nodes", "-1"}, "--nodes: want 0 or more"},
 		{map[string]string{"CACHEBUS_TIMEOUT": "soon"}, []string{"expire", "users", "k"}, "CACHEBUS_TIMEOUT"},
 		{map[string]string{"CACHEBUS_ORIGIN": "a b"}, []string{"expire", "users", "k"}, "CACHEBUS_ORIGIN: must match"},
 		{map[string]string{"CACHEBUS_HEARTBEAT_INTERVAL": "often"}, []string{"status"}, "CACHEBUS_HEARTBEAT_INTERVAL"},
@@ -313,9 +318,12 @@ func TestHelpListsVariables(t *testing.T) {
 		{"drain", []string{"-off", "-deadline", "-wait", "-timeout", "CACHEBUS_FAILURE_TIMEOUT (default 5s)"}},
 		{"status", []string{"-json", "CACHEBUS_HEARTBEAT_INTERVAL (default 1s)", "CACHEBUS_NATS_URL"}},
 		{"watch", []string{"-from", "-ns", "CACHEBUS_NATS_URL"}},
-		{"dev", []string{"-data", "-nats-port", "-http", "CACHEBUS_HTTP_ADDR (default 127.0.0.1:7380)", "CACHEBUS_ADMIN_TOKEN",
+		{"dev", []string{"-data", "-nats-port", "-http", "-nodes", "CACHEBUS_HTTP_ADDR (default 127.0.0.1:7380)", "CACHEBUS_ADMIN_TOKEN",
 			"CACHEBUS_ADMIN_ALLOW (default 127.0.0.1/32,::1/128)", "CACHEBUS_EVENTS_MAX_AGE"}},
 		{"nats", []string{"CACHEBUS_NATS_PORT (default 4222)", "CACHEBUS_HTTP_ADDR", "CACHEBUS_ADMIN_TOKEN", "CACHEBUS_STATE_REPLICAS"}},
+		{"node", []string{"-id", "-http", "CACHEBUS_NODE_ID", "CACHEBUS_NATS_URL (default nats://127.0.0.1:4222)", "CACHEBUS_NATS_CREDS",
+			"CACHEBUS_HTTP_ADDR (default 127.0.0.1:7380)", "CACHEBUS_ADMIN_TOKEN", "CACHEBUS_ADMIN_ALLOW", "CACHEBUS_BASELINE", "CACHEBUS_DC",
+			"CACHEBUS_BACKUPS (default 1)", "CACHEBUS_RECORD_MAX_VALUE (default 262144)", "CACHEBUS_FAILURE_TIMEOUT (default 5s)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := cmdRun(t, "", tc.name, "-h")
@@ -512,6 +520,7 @@ func httpDo(t *testing.T, method, url, token, body string) (int, string) {
 func TestDev(t *testing.T) {
 	t.Setenv("CACHEBUS_ADMIN_TOKEN", "")
 	t.Setenv("CACHEBUS_HEARTBEAT_INTERVAL", "100ms")
+	t.Setenv("CACHEBUS_FAILURE_TIMEOUT", "600ms")
 	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0")
 	d.waitOutput(t, "the banner", regexp.MustCompile(`Watch the event log`))
 	banner := d.out.String()
@@ -553,12 +562,12 @@ func TestDev(t *testing.T) {
 	}
 
 	var st admin.Status
-	bustest.WaitFor(t, 10*time.Second, "dev in its own status", func() bool {
+	bustest.WaitFor(t, 10*time.Second, "dev and its cache node in its own status", func() bool {
 		_, body := httpDo(t, "GET", adminURL[1]+"/v1/status", token[1], "")
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatalf("status: %v: %s", err, body)
 		}
-		return len(st.Members) == 1 && st.Members[0].Key() == "client/dev"
+		return len(st.Members) == 2 && st.Members[0].Key() == "client/dev" && st.Members[1].Key() == "node/node1"
 	})
 	if st.EventLog == nil || st.EventLog.LastSeq != 2 {
 		t.Fatalf("status event log %+v", st.EventLog)

@@ -25,19 +25,21 @@ type devConfig struct {
 	Prefix   string `envconfig:"PREFIX" default:"cachebus" desc:"subject prefix of the cachebus hierarchy"`
 	DataDir  string `ignored:"true"`
 	NATSPort int    `ignored:"true"`
+	Nodes    int    `ignored:"true"`
 }
 
 func init() {
 	register(&command{
 		name:    "dev",
-		summary: "run cachebus on this machine: embedded NATS with JetStream and the admin API, until Ctrl-C",
-		usage:   "[--data DIR] [--nats-port N] [--http ADDR]",
+		summary: "run cachebus on this machine: embedded NATS with JetStream, the admin API and cache nodes, until Ctrl-C",
+		usage:   "[--data DIR] [--nats-port N] [--http ADDR] [--nodes N]",
 		config:  func() any { return &devConfig{} },
 		flags: func(fs *flag.FlagSet, cfg any) {
 			c := cfg.(*devConfig)
 			fs.StringVar(&c.DataDir, "data", "", "JetStream store directory, kept across runs (default: a temporary directory removed on exit)")
 			fs.IntVar(&c.NATSPort, "nats-port", 4222, "client port of the embedded NATS server (0 or -1: a free one)")
 			fs.StringVar(&c.HTTPAddr, "http", "", "address of the admin API (default: CACHEBUS_HTTP_ADDR, 127.0.0.1:7380; port 0: a free one)")
+			fs.IntVar(&c.Nodes, "nodes", 1, "cache nodes to run, node1..nodeN, each on its own connection (0: none; the record and node variables of `cachebus node -h` apply)")
 		},
 		run: runDev,
 	})
@@ -78,9 +80,14 @@ type devStack struct {
 
 	// sections are status sections parts add, by name.
 	sections map[string]func() any
-	// banner holds lines parts add to what dev prints at start.
-	banner []string
-	stops  []func(context.Context)
+	// readies are the parts' readiness checks, for /readyz.
+	readies []func() error
+	// banner holds lines parts add to what dev prints at start; examples
+	// blocks of lines printed after the expire examples, built once the
+	// admin API serves.
+	banner   []string
+	examples []func() []string
+	stops    []func(context.Context)
 }
 
 // onStop registers fn to run at shutdown; the last registered runs first.
@@ -102,6 +109,9 @@ func runDev(ctx context.Context, env *runEnv, cfgAny any, args []string) error {
 	if cfg.HTTPAddr == "" {
 		return usagef("--http: the admin API needs an address, such as 127.0.0.1:7380")
 	}
+	if cfg.Nodes < 0 {
+		return usagef("--nodes: want 0 or more, got %d", cfg.Nodes)
+	}
 	if _, err := admin.ParseAllow(cfg.Allow); err != nil {
 		return usagef("%v", err)
 	}
@@ -110,6 +120,7 @@ func runDev(ctx context.Context, env *runEnv, cfgAny any, args []string) error {
 	if err := d.start(ctx); err != nil {
 		return err
 	}
+	d.waitReady(ctx)
 	d.printBanner(env.stdout)
 	<-ctx.Done()
 	env.log.Info("shutting down")
@@ -168,7 +179,7 @@ func (d *devStack) start(ctx context.Context) error {
 	acfg.Token = d.token
 	d.admin, err = admin.New(acfg, admin.Options{
 		Conn: d.conn, Publisher: d.pub, State: d.state, Follower: d.follower, Members: d.members,
-		Gatherer: d.reg, Registerer: d.reg, Log: log, Extra: d.extra,
+		Gatherer: d.reg, Registerer: d.reg, Log: log, Extra: d.extra, Ready: d.ready,
 	})
 	if err != nil {
 		return err
@@ -215,6 +226,47 @@ func (d *devStack) extra() map[string]any {
 	return out
 }
 
+// waitReady waits a while for the parts to be ready (cache nodes take
+// their partitions within the failure timeout), so that what the banner
+// suggests works when it is printed.
+func (d *devStack) waitReady(ctx context.Context) {
+	err := d.ready()
+	if err == nil {
+		return
+	}
+	d.env.log.Info("waiting for dev to be ready", "reason", err)
+	ctx, cancel := context.WithTimeout(ctx, 2*d.cfg.FailureTimeout+5*time.Second)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := d.ready(); err != nil {
+				d.env.log.Warn("dev not ready yet; /readyz says when", "reason", err)
+			}
+			return
+		case <-tick.C:
+			if d.ready() == nil {
+				return
+			}
+		}
+	}
+}
+
+// ready is dev's readiness: NATS connected and every part ready.
+func (d *devStack) ready() error {
+	if err := admin.ConnReady(d.conn); err != nil {
+		return err
+	}
+	for _, r := range d.readies {
+		if err := r(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // stop undoes start in reverse: the heartbeat says gone, the admin API
 // and the parts stop, the connection drains, the server shuts down.
 func (d *devStack) stop() {
@@ -254,6 +306,11 @@ func (d *devStack) printBanner(w io.Writer) {
 	p("  curl -H 'Authorization: Bearer %s' --data-binary 'user:42' %s/v1/expire/users", d.token, d.adminURL)
 	p("Or with the NATS CLI (delivered at once, stored in the log while the server keeps up):")
 	p("  nats -s %s pub %s user:42", natsURL, subject)
+	for _, ex := range d.examples {
+		for _, line := range ex() {
+			p("%s", line)
+		}
+	}
 	p("")
 	p("Watch the event log: cachebus watch    Cluster state: cachebus status")
 	_, _ = io.WriteString(w, b.String())
