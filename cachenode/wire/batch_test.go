@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -63,4 +64,16 @@ func FuzzParseFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestFrameExampleOfProtocol checks the frame example of docs/PROTOCOL.md.
+func TestFrameExampleOfProtocol(t *testing.T) {
+	parts, err := ParseFrame([]byte("batch 2\n14\nget sessions a14\nget sessions b"), false)
+	if err != nil || !reflect.DeepEqual(parts, [][]byte{[]byte("get sessions a"), []byte("get sessions b")}) {
+		t.Fatalf("request frame: %q %v", parts, err)
+	}
+	parts, err = ParseFrame([]byte("BATCH 2\n9\nNOT_FOUND9\nNOT_FOUND"), true)
+	if err != nil || len(parts) != 2 || string(parts[1]) != "NOT_FOUND" {
+		t.Fatalf("reply frame: %q %v", parts, err)
+	}
 }
