@@ -71,7 +71,6 @@ type replicator struct {
 	id      string
 	mu      sync.Mutex
 	pending []*replWrite
-	bytes   int
 	senders int       // goroutines running run
 	last    time.Time // when a sender last took a batch or was started
 }
@@ -98,23 +97,19 @@ func (s *Server) replicator(id string) *replicator {
 func (r *replicator) enqueue(w *replWrite) {
 	r.mu.Lock()
 	r.pending = append(r.pending, w)
-	r.bytes += len(w.entry)
-	start := r.senders == 0 || time.Since(r.last) > replStall
-	if start {
-		r.senders++
-		r.last = time.Now()
-	}
-	r.mu.Unlock()
-	if start {
-		go r.run()
-	}
+	r.startIf(r.senders == 0 || time.Since(r.last) > replStall)
 }
 
 // nudge starts another sender when writes are pending and no batch has
 // been taken for replStall: every sender is stuck on one.
 func (r *replicator) nudge() {
 	r.mu.Lock()
-	start := len(r.pending) > 0 && time.Since(r.last) > replStall
+	r.startIf(len(r.pending) > 0 && time.Since(r.last) > replStall)
+}
+
+// startIf starts a sender when start is set; it is called with r.mu held
+// and releases it.
+func (r *replicator) startIf(start bool) {
 	if start {
 		r.senders++
 		r.last = time.Now()
@@ -141,7 +136,6 @@ func (r *replicator) run() {
 		}
 		batch := r.pending[:n:n]
 		r.pending = r.pending[n:]
-		r.bytes -= size - 2
 		r.last = time.Now()
 		r.mu.Unlock()
 		buf = wire.NewBatch(buf, 0)

@@ -522,14 +522,7 @@ func TestDev(t *testing.T) {
 	t.Setenv("CACHEBUS_HEARTBEAT_INTERVAL", "100ms")
 	t.Setenv("CACHEBUS_FAILURE_TIMEOUT", "600ms")
 	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0")
-	d.waitOutput(t, "the banner", regexp.MustCompile(`Watch the event log`))
-	banner := d.out.String()
-	natsURL := natsURLRE.FindStringSubmatch(banner)
-	adminURL := adminURLRE.FindStringSubmatch(banner)
-	token := tokenRE.FindStringSubmatch(banner)
-	if natsURL == nil || adminURL == nil || token == nil {
-		t.Fatalf("banner lacks the NATS URL, admin URL or token:\n%s", banner)
-	}
+	banner, natsURL, adminURL, token := devBanner(t, d)
 	for _, w := range []string{
 		"cachebus expire users user:42",
 		"curl -H 'Authorization: Bearer " + token[1] + "' --data-binary 'user:42' " + adminURL[1] + "/v1/expire/users",
@@ -627,4 +620,19 @@ func TestNATSDaemon(t *testing.T) {
 	if code := d.stop(t); code != 0 {
 		t.Fatalf("nats exited %d:\n%s", code, d.err.String())
 	}
+}
+
+// devBanner waits for the banner of a dev process and returns it with the
+// NATS URL, admin URL and token it prints, each as its regexp submatch.
+func devBanner(t *testing.T, d *cmdBackground) (banner string, natsURL, adminURL, token []string) {
+	t.Helper()
+	d.waitOutput(t, "the banner", regexp.MustCompile(`Watch the event log`))
+	banner = d.out.String()
+	natsURL = natsURLRE.FindStringSubmatch(banner)
+	adminURL = adminURLRE.FindStringSubmatch(banner)
+	token = tokenRE.FindStringSubmatch(banner)
+	if natsURL == nil || adminURL == nil || token == nil {
+		t.Fatalf("banner lacks the NATS URL, admin URL or token:\n%s", banner)
+	}
+	return banner, natsURL, adminURL, token
 }

@@ -98,14 +98,7 @@ func TestDevNodes(t *testing.T) {
 	t.Setenv("CACHEBUS_ADMIN_TOKEN", "")
 	fastTier(t)
 	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--nodes", "3")
-	d.waitOutput(t, "the banner", regexp.MustCompile(`Watch the event log`))
-	banner := d.out.String()
-	natsURL := natsURLRE.FindStringSubmatch(banner)
-	adminURL := adminURLRE.FindStringSubmatch(banner)
-	token := tokenRE.FindStringSubmatch(banner)
-	if natsURL == nil || adminURL == nil || token == nil {
-		t.Fatalf("banner lacks the NATS URL, admin URL or token:\n%s", banner)
-	}
+	banner, natsURL, adminURL, token := devBanner(t, d)
 	for _, w := range []string{
 		"node1 node2 node3",
 		"curl -X PUT -H 'Authorization: Bearer " + token[1] + "' --data-binary 'hello' '" + adminURL[1] + "/v1/records/sessions/s1?ttl=10m'",
