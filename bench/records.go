@@ -131,7 +131,7 @@ func Records(ctx context.Context, cfg RecordsConfig) (*RecordsResult, error) {
 		}
 		defer clients[i].Close()
 	}
-	if err := waitServed(ctx, clients[0], cfg.Namespace); err != nil {
+	if err := waitServed(ctx, clients[0]); err != nil {
 		return nil, err
 	}
 	value := []byte(strings.Repeat("x", cfg.Size))
@@ -207,7 +207,7 @@ func startNodes(ctx context.Context, url string, cfg RecordsConfig) (stop func()
 }
 
 // waitServed waits until the client sees every partition served.
-func waitServed(ctx context.Context, c *cachenode.Client, ns string) error {
+func waitServed(ctx context.Context, c *cachenode.Client) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {

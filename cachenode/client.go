@@ -217,20 +217,20 @@ func (cl *Client) target(key string, replica bool) string {
 // do checks req, sends it to subject and decodes the reply. A node that
 // is gone (no subscriber) is retried through the any-node subject.
 func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wire.Reply, error) {
-	data := req.Append(make([]byte, 0, 64+len(req.Key)+len(req.Value)))
 	// What the node would refuse is refused here, unsent.
 	if err := cl.check(req); err != nil {
 		return wire.Reply{}, err
 	}
+	data := req.Append(make([]byte, 0, 64+len(req.Key)+len(req.Value)))
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cl.opts.Timeout)
 		defer cancel()
 	}
-	any := cl.c.Subjects.RecordAny()
+	anyNode := cl.c.Subjects.RecordAny()
 	attempt, cancel := ctx, context.CancelFunc(func() {})
 	read := req.Op == wire.OpGet || req.Op == wire.OpMGet
-	if read && subject != any {
+	if read && subject != anyNode {
 		// A read stuck on a node that just died is asked again of any
 		// node, which serves it from a backup: a read waits about half a
 		// failure timeout for a crashed node, not a whole request timeout.
@@ -240,12 +240,12 @@ func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wi
 	cancel()
 	retry := errors.Is(err, nats.ErrNoResponders) ||
 		(read && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil)
-	if retry && subject != any {
-		repData, err = cl.pipe(any).call(ctx, data)
+	if retry && subject != anyNode {
+		repData, err = cl.pipe(anyNode).call(ctx, data)
 	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return wire.Reply{}, fmt.Errorf("%w: no cache node answers %s", ErrNoOwner, any)
+		return wire.Reply{}, fmt.Errorf("%w: no cache node answers %s", ErrNoOwner, anyNode)
 	case err != nil:
 		return wire.Reply{}, fmt.Errorf("cachenode: %s %s/%s: %w", req.Op, req.NS, req.Key, err)
 	}

@@ -65,7 +65,7 @@ func (s *Server) one(ctx context.Context, req *wire.Request) wire.Reply {
 	if to == "" {
 		return noOwner(p)
 	}
-	rep, err := s.forward(ctx, to, req, p)
+	rep, err := s.forward(ctx, to, req)
 	if err == nil {
 		return rep
 	}
@@ -79,7 +79,7 @@ func (s *Server) one(ctx context.Context, req *wire.Request) wire.Reply {
 			if id == to || id == s.cfg.ID {
 				continue
 			}
-			if rep, err = s.forward(ctx, id, req, p); err == nil {
+			if rep, err = s.forward(ctx, id, req); err == nil {
 				return rep
 			}
 		}
@@ -93,7 +93,7 @@ func noOwner(p int) wire.Reply {
 }
 
 // forward sends req to node id and returns its reply.
-func (s *Server) forward(ctx context.Context, id string, req *wire.Request, _ int) (wire.Reply, error) {
+func (s *Server) forward(ctx context.Context, id string, req *wire.Request) (wire.Reply, error) {
 	fwd := *req
 	fwd.Hops++
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -176,7 +176,7 @@ func (s *Server) mget(ctx context.Context, req *wire.Request) wire.Reply {
 			for j, i := range idx {
 				sub.Keys[j] = req.Keys[i]
 			}
-			rep, err := s.forward(ctx, to, &sub, -1)
+			rep, err := s.forward(ctx, to, &sub)
 			if err == nil && rep.Status == wire.StatusError {
 				err = rep.Err
 			} else if err == nil && len(rep.Items) != len(idx) {

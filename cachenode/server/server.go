@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -257,12 +258,18 @@ func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
 		rep := wire.ErrorReply(wire.Errorf(wire.CodeTooLarge, "reply of %d bytes exceeds the NATS payload limit of %d; ask for fewer keys", len(buf)-start, limit))
 		buf = rep.Append(buf[:start], op)
 	}
-	if m.Reply != "" {
-		if err := m.Respond(buf); err != nil {
-			s.log.Debug("record reply not sent", "err", err)
-		}
-	}
+	s.respond(m, buf)
 	return buf
+}
+
+// respond sends a reply when the request asked for one.
+func (s *Server) respond(m *nats.Msg, reply []byte) {
+	if m.Reply == "" {
+		return
+	}
+	if err := m.Respond(reply); err != nil {
+		s.log.Debug("record reply not sent", "err", err)
+	}
 }
 
 // answer appends the reply to one encoded request to buf.
@@ -316,11 +323,7 @@ func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 		}
 		buf = wire.AppendFrame(buf, true, replies)
 	}
-	if m.Reply != "" {
-		if err := m.Respond(buf); err != nil {
-			s.log.Debug("record reply not sent", "err", err)
-		}
-	}
+	s.respond(m, buf)
 	return buf
 }
 
@@ -403,12 +406,12 @@ func (s *Server) stop(ctx context.Context) {
 	s.log.Info("cache node stopped")
 }
 
+// writerID is a node's tie-breaker between equal versions: a hash of its
+// id, the same on every node.
 func writerID(id string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint64(id[i])) * 1099511628211
-	}
-	return h
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum64()
 }
 
 // eventHandler applies the bus's events to the node's records.

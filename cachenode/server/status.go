@@ -36,26 +36,22 @@ type Status struct {
 // Status reports the node's state.
 func (s *Server) Status() Status {
 	tab := s.tracker.Table()
-	a := tab.Assignment
-	st := Status{ID: s.cfg.ID, DC: s.cfg.DC, BaselineVersion: a.BaselineVersion, AssignmentVersion: a.Version,
+	sum := tab.Summary(s.tracker.Baseline())
+	st := Status{ID: s.cfg.ID, DC: s.cfg.DC, BaselineVersion: tab.Assignment.BaselineVersion,
+		AssignmentVersion: tab.Assignment.Version, Uncovered: sum.Uncovered, Moving: sum.Moving,
 		Uptime: time.Since(s.started).Round(time.Second).String()}
-	_, st.InBaseline = s.tracker.Baseline().Member(s.cfg.ID)
-	for p := range partition.Partitions {
-		if slices.Contains(a.Owners[p], s.cfg.ID) {
-			st.Owned++
+	for _, n := range sum.Nodes {
+		if n.Live {
+			st.Nodes = append(st.Nodes, n.ID)
 		}
-		if tab.Primary(p) == s.cfg.ID {
-			st.Primary++
+		if n.ID == s.cfg.ID {
+			st.InBaseline, st.Owned, st.Primary = n.InBaseline, n.Primary+n.Backup, n.Serving
 		}
 	}
+	slices.Sort(st.Nodes)
 	s.mu.Lock()
 	st.Held, st.Syncing = s.holds.Count(), s.syncing.Count()
 	s.mu.Unlock()
-	st.Uncovered, st.Moving = tab.Coverage()
-	for id := range tab.Nodes {
-		st.Nodes = append(st.Nodes, id)
-	}
-	slices.Sort(st.Nodes)
 	for _, ns := range s.rec.store.Namespaces() {
 		st.Records += s.rec.store.Stats(ns).Entries
 	}
