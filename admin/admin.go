@@ -141,6 +141,29 @@ func New(cfg Config, opts Options) (*Server, error) {
 // token, which must be set).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
+// Guard wraps a daemon's own pages served outside the admin API (a
+// gateway's status page on its public port) with the checks of
+// GET /v1/status: an allowed address, and the token when one is set. A
+// browser may give the token as the password of HTTP basic auth, since
+// it cannot be told to send a bearer header.
+func (s *Server) Guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pass, ok := r.BasicAuth(); ok {
+			r = r.Clone(r.Context())
+			r.Header.Set("Authorization", "Bearer "+pass)
+		}
+		if ref := s.authorize(r, readAccess); ref != nil {
+			if ref.status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Basic realm="cachebus"`)
+			}
+			s.log.Warn("status page refused", "path", r.URL.Path, "remote", r.RemoteAddr, "status", ref.status, "reason", ref.msg)
+			writeError(w, ref.status, ref.msg, "")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // SetState sets the cluster state for a daemon that opens it after the
 // admin API is already serving (a NATS node waiting for its cluster).
 func (s *Server) SetState(st *persistence.State) { s.state.Store(st) }

@@ -649,3 +649,43 @@ func TestHandleChecksAccess(t *testing.T) {
 		t.Errorf("cachebus_admin_requests_total{verb=\"records\"} sums to %v, want the 5 refusals", refused)
 	}
 }
+
+// TestGuard: a page guarded outside /v1/ (a gateway's status page) takes
+// the checks of GET /v1/status, with the token also as a basic-auth
+// password for browsers.
+func TestGuard(t *testing.T) {
+	withToken := newFixture(t, admin.Config{Token: testToken}, nil)
+	noToken := newFixture(t, admin.Config{}, nil)
+	page := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	const in, out = "127.0.0.1:5000", "203.0.113.9:5000"
+	cases := []struct {
+		name   string
+		f      *fixture
+		remote string
+		auth   func(*http.Request)
+		want   int
+	}{
+		{"bearer token", withToken, in, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+testToken) }, http.StatusTeapot},
+		{"basic-auth password", withToken, in, func(r *http.Request) { r.SetBasicAuth("ops", testToken) }, http.StatusTeapot},
+		{"wrong basic-auth password", withToken, in, func(r *http.Request) { r.SetBasicAuth("ops", "guess") }, 401},
+		{"no token given", withToken, in, func(*http.Request) {}, 401},
+		{"from outside the allow-list", withToken, out, func(r *http.Request) { r.SetBasicAuth("ops", testToken) }, 403},
+		{"no token set, inside", noToken, in, func(*http.Request) {}, http.StatusTeapot},
+		{"no token set, outside", noToken, out, func(*http.Request) {}, 403},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/_cachebus/", nil)
+			r.RemoteAddr = tc.remote
+			tc.auth(r)
+			w := httptest.NewRecorder()
+			tc.f.srv.Guard(page).ServeHTTP(w, r)
+			if w.Code != tc.want {
+				t.Fatalf("status %d %s, want %d", w.Code, w.Body.String(), tc.want)
+			}
+			if w.Code == 401 && !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Basic") {
+				t.Errorf("401 without a basic challenge: %q", w.Header().Get("WWW-Authenticate"))
+			}
+		})
+	}
+}
