@@ -1,0 +1,489 @@
+package lbgateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+)
+
+// statusPrefix is where the gateway answers for itself instead of the
+// pool.
+const statusPrefix = "/_cachebus/"
+
+// ServeHTTP answers one request: from the cache, or from the backend its
+// cookie names, or from a newly balanced one.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, statusPrefix) {
+		g.status.ServeHTTP(w, r)
+		return
+	}
+	start := time.Now()
+	g.inflight.Add(1)
+	defer func() {
+		g.inflight.Add(-1)
+		g.metrics.duration.Observe(time.Since(start).Seconds())
+	}()
+
+	cacheable := g.cache != nil && g.cache.Cacheable(r)
+	fallback := g.inFallback(start)
+	var stale *Entry
+	if cacheable {
+		e, fr := g.cache.Lookup(r, start)
+		switch {
+		case fr == Fresh:
+			g.countCache(cachehit)
+			e.Write(w, r, "HIT", start)
+			return
+		case e != nil && fallback:
+			// However stale, even to a reload that asked for a fresh copy:
+			// in fallback nothing goes to the origin.
+			g.countCache(cachestale)
+			g.metrics.fallback.Inc()
+			e.Write(w, r, "STALE", start)
+			return
+		case fr == Revalidate:
+			g.countCache(cachestale)
+			e.Write(w, r, "STALE", start)
+			g.revalidate(r)
+			return
+		case e != nil && fr != Fresh && e.UsableOnError(start):
+			stale = e
+		}
+		g.countCache(cachemiss)
+	}
+	if fallback {
+		g.metrics.fallback.Inc()
+		g.unavailable(w, "the site is in fallback mode: only cached pages are served")
+		return
+	}
+	g.forward(w, r, cacheable, stale, start)
+}
+
+// request is one request on its way to a backend.
+type request struct {
+	in      *http.Request
+	out     *http.Request // headers and URL shared by every attempt
+	body    []byte        // the whole body when it can be replayed
+	stream  io.Reader     // the body otherwise
+	replay  bool
+	route   Route
+	routed  bool // the request came with a valid cookie
+	backend *Backend
+}
+
+// forward sends the request to a backend, retrying where that is safe,
+// and relays the answer.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool, stale *Entry, now time.Time) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	q := &request{in: r}
+	var err error
+	q.route, err = g.sticky.Read(r, now)
+	switch {
+	case err == nil:
+		q.routed = true
+	case !errors.Is(err, ErrNoRoute):
+		g.metrics.badCookies.Inc()
+		g.log.Debug("sticky cookie ignored", "err", err, "remote", r.RemoteAddr)
+	}
+	if err := g.prepare(ctx, q); err != nil {
+		http.Error(w, "bad request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+
+	v := g.pool.cur.Load()
+	var b *Backend
+	if q.routed {
+		if b = v.pickSticky(q.route.Backend, now); b != nil {
+			b.lastSticky.Store(now.UnixNano())
+		} else {
+			g.metrics.redispatched.Inc()
+		}
+	}
+	if b == nil {
+		b = v.pickNew(now, nil)
+	}
+
+	var tried []*Backend
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		if b == nil {
+			if stale != nil {
+				g.countCache(cachestale)
+				stale.Write(w, r, "STALE", now)
+				return
+			}
+			g.metrics.noBackend.Inc()
+			if len(tried) == 0 && g.cfg.AutoFallback && g.cache != nil {
+				g.unavailable(w, "no backend is up")
+				return
+			}
+			http.Error(w, "no backend available", http.StatusServiceUnavailable)
+			return
+		}
+		resp, err = g.roundTrip(ctx, q, b)
+		if err == nil {
+			break
+		}
+		g.observe(b, true, time.Now())
+		g.metrics.requests.WithLabelValues(b.ID, "error").Inc()
+		if r.Context().Err() != nil {
+			return // the client left; nobody to answer
+		}
+		var ce *connectError
+		reached := !errors.As(err, &ce)
+		if attempt >= g.cfg.Retries || !q.replay || (reached && !idempotent(r)) {
+			g.log.Warn("backend failed, not retried", "backend", b.ID, "method", r.Method, "path", r.URL.Path,
+				"err", err, "attempt", attempt+1, "reached", reached)
+			if stale != nil {
+				g.countCache(cachestale)
+				stale.Write(w, r, "STALE", now)
+				return
+			}
+			g.badGateway(w, b, err)
+			return
+		}
+		g.metrics.retries.Inc()
+		g.log.Info("backend failed, retrying on another", "backend", b.ID, "method", r.Method, "path", r.URL.Path,
+			"err", err, "attempt", attempt+1, "reached", reached)
+		tried = append(tried, b)
+		b = v.pickNew(time.Now(), tried)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	g.metrics.requests.WithLabelValues(b.ID, statusClass(resp.StatusCode)).Inc()
+	g.observe(b, resp.StatusCode >= 500, time.Now())
+	if resp.StatusCode >= 500 && stale != nil {
+		g.countCache(cachestale)
+		stale.Write(w, r, "STALE", now)
+		return
+	}
+	q.backend = b
+	g.relay(ctx, cancel, w, q, resp, cacheable, now)
+}
+
+// prepare builds the outgoing request and decides whether its body can be
+// replayed on another backend: no body, or one small enough to keep.
+func (g *Gateway) prepare(ctx context.Context, q *request) error {
+	r := q.in
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	out.Close = false
+	removeHopHeaders(out.Header)
+	g.sticky.Strip(out)
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		out.Header.Set("X-Forwarded-For", ip)
+	}
+	out.Header.Set("X-Forwarded-Host", r.Host)
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	out.Header.Set("X-Forwarded-Proto", proto)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header.Set("User-Agent", "") // not Go's default
+	}
+	q.out = out
+
+	switch {
+	case r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0):
+		q.replay = true
+	case r.ContentLength > 0 && r.ContentLength <= int64(g.cfg.RetryBodyMax):
+		q.body = make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, q.body); err != nil {
+			return fmt.Errorf("read %d bytes: %w", r.ContentLength, err)
+		}
+		q.replay = true
+	case r.ContentLength < 0:
+		// Chunked: keep it when it turns out small.
+		buf, err := io.ReadAll(io.LimitReader(r.Body, int64(g.cfg.RetryBodyMax)+1))
+		if err != nil {
+			return fmt.Errorf("read body: %w", err)
+		}
+		if len(buf) <= g.cfg.RetryBodyMax {
+			q.body, q.replay = buf, true
+			out.ContentLength = int64(len(buf))
+			out.TransferEncoding = nil
+		} else {
+			q.stream = io.MultiReader(bytes.NewReader(buf), r.Body)
+		}
+	default:
+		q.stream = r.Body
+	}
+	return nil
+}
+
+// roundTrip sends one attempt of q to b.
+func (g *Gateway) roundTrip(ctx context.Context, q *request, b *Backend) (*http.Response, error) {
+	out := q.out.WithContext(ctx)
+	u := *q.out.URL
+	u.Scheme, u.Host = b.URL.Scheme, b.URL.Host
+	if b.URL.Path != "" {
+		u.Path = b.URL.Path + u.Path
+		if u.RawPath != "" {
+			u.RawPath = b.URL.Path + u.RawPath
+		}
+	}
+	out.URL = &u
+	switch {
+	case q.body != nil:
+		out.Body = io.NopCloser(bytes.NewReader(q.body))
+	case q.stream != nil:
+		out.Body = io.NopCloser(q.stream)
+	default:
+		out.Body = nil
+	}
+	out.GetBody = nil
+	b.inflight.Add(1)
+	b.requests.Add(1)
+	resp, err := g.transport.RoundTrip(out)
+	if err != nil {
+		b.inflight.Add(-1)
+		return nil, err
+	}
+	resp.Body = &countedBody{ReadCloser: resp.Body, b: b}
+	return resp, nil
+}
+
+// countedBody keeps a request in its backend's in-flight count until its
+// response body is closed.
+type countedBody struct {
+	io.ReadCloser
+	b    *Backend
+	once sync.Once
+}
+
+func (c *countedBody) Close() error {
+	c.once.Do(func() { c.b.inflight.Add(-1) })
+	return c.ReadCloser.Close()
+}
+
+// relay sends the backend's response to the client: headers adjusted,
+// the sticky cookie set when due, the body streamed and, when it may be
+// shared, kept in the cache.
+func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, w http.ResponseWriter, q *request, resp *http.Response, cacheable bool, now time.Time) {
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	removeHopHeaders(h)
+	if ex := resp.Header.Values(ExpireHeader); len(ex) > 0 {
+		g.publishExpires(ctx, q.backend, ex)
+		h.Del(ExpireHeader)
+	}
+	h.Del("Surrogate-Key")
+	h.Del("Surrogate-Control")
+	if g.setsCookie(q, resp) {
+		issued := now
+		if q.routed && q.route.Backend == q.backend.ID {
+			issued = q.route.Issued
+		}
+		if c := g.sticky.Cookie(q.backend.ID, issued, now, q.in.TLS != nil); c != nil {
+			h.Add("Set-Cookie", c.String())
+			markPrivate(h)
+		}
+	}
+	if cacheable {
+		h.Set("X-Cache", "MISS")
+	}
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	var keep *bytes.Buffer
+	if cacheable && resp.StatusCode < 500 && resp.ContentLength <= int64(g.cfg.CacheMaxObject) {
+		keep = &bytes.Buffer{}
+		if resp.ContentLength > 0 {
+			keep.Grow(int(resp.ContentLength))
+		}
+	}
+	complete, err := g.copyBody(w, resp, cancel, keep)
+	for k, vv := range resp.Trailer {
+		h[k] = vv
+	}
+	if err != nil {
+		g.log.Debug("response body cut short", "backend", q.backend.ID, "path", q.in.URL.Path, "err", err)
+		return
+	}
+	if complete && keep != nil {
+		g.cache.Store(q.in, resp.StatusCode, resp.Header, keep.Bytes(), now)
+	}
+}
+
+// bufPool holds the buffers bodies are copied through.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody streams the body to the client, cancelling the backend request
+// when the backend stays silent for BodyTimeout. keep, when not nil,
+// gets a copy of the body while it fits the cache's largest object; the
+// result says whether it got all of it.
+func (g *Gateway) copyBody(w http.ResponseWriter, resp *http.Response, cancel context.CancelFunc, keep *bytes.Buffer) (bool, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	idle := time.AfterFunc(g.cfg.BodyTimeout, cancel)
+	defer idle.Stop()
+	flusher, _ := w.(http.Flusher)
+	// Streams of unknown length (server-sent events, long polls) reach
+	// the client as they come.
+	flush := flusher != nil && resp.ContentLength < 0
+	fits := keep != nil
+	for {
+		n, rerr := resp.Body.Read(buf)
+		idle.Reset(g.cfg.BodyTimeout)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return false, fmt.Errorf("write to client: %w", werr)
+			}
+			if flush {
+				flusher.Flush()
+			}
+			if fits {
+				if keep.Len()+n > g.cfg.CacheMaxObject {
+					fits = false
+				} else {
+					keep.Write(buf[:n])
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return fits, nil
+		}
+		if rerr != nil {
+			return false, fmt.Errorf("read from backend: %w", rerr)
+		}
+	}
+}
+
+// setsCookie decides whether the response carries a new sticky cookie:
+// when the request had none valid for this backend (it was new, or
+// redispatched) and the mode says so, or when the cookie needs refreshing.
+func (g *Gateway) setsCookie(q *request, resp *http.Response) bool {
+	if q.routed && q.route.Backend == q.backend.ID {
+		return q.route.Refresh
+	}
+	if q.routed {
+		return true // redispatched: the session now lives elsewhere
+	}
+	if g.cfg.CookieMode == ModeInsert {
+		return true
+	}
+	for _, c := range resp.Header.Values("Set-Cookie") {
+		name, _, _ := strings.Cut(c, "=")
+		if g.cfg.SessionCookie == "" || strings.TrimSpace(name) == g.cfg.SessionCookie {
+			return true
+		}
+	}
+	return false
+}
+
+// markPrivate keeps shared caches from storing a response that sets the
+// sticky cookie (HAProxy's "nocache"): another client would get it.
+func markPrivate(h http.Header) {
+	cc := ParseCacheControl(strings.Join(h.Values("Cache-Control"), ","))
+	if cc.Private || cc.NoStore {
+		return
+	}
+	h.Set("Cache-Control", "private")
+}
+
+// idempotent says whether a request that may have reached a backend can
+// be sent to another one: the method says so, or the client gave an
+// idempotency key.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+}
+
+// hopHeaders are meaningful for one connection only (RFC 9110, 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders drops the hop-by-hop headers, and those the Connection
+// header names.
+func removeHopHeaders(h http.Header) {
+	for _, c := range h.Values("Connection") {
+		for _, f := range strings.Split(c, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			delete(h, k)
+		}
+	}
+}
+
+// badGateway answers a request no backend answered.
+func (g *Gateway) badGateway(w http.ResponseWriter, b *Backend, err error) {
+	code, what := http.StatusBadGateway, "backend failed"
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		code, what = http.StatusGatewayTimeout, "backend timed out"
+	}
+	http.Error(w, fmt.Sprintf("%s (%s)", what, b.ID), code)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// revalidate refreshes a cached copy served stale, in the background,
+// once per URI at a time.
+func (g *Gateway) revalidate(r *http.Request) {
+	key := r.Host + r.URL.RequestURI()
+	if _, busy := g.revalidating.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	in := r.Clone(context.Background())
+	in.Method, in.Body, in.ContentLength = http.MethodGet, http.NoBody, 0
+	// The client's validators are for its own copy: with them the origin
+	// may answer 304, which refreshes nothing here.
+	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+		in.Header.Del(h)
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer g.revalidating.Delete(key)
+		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ResponseTimeout+g.cfg.BodyTimeout)
+		defer cancel()
+		q := &request{in: in}
+		if err := g.prepare(ctx, q); err != nil {
+			return
+		}
+		now := time.Now()
+		b := g.pool.cur.Load().pickNew(now, nil)
+		if b == nil {
+			return
+		}
+		resp, err := g.roundTrip(ctx, q, b)
+		if err != nil {
+			g.observe(b, true, time.Now())
+			return
+		}
+		defer func() { _ = resp.Body.Close() }()
+		g.observe(b, resp.StatusCode >= 500, time.Now())
+		body, err := io.ReadAll(io.LimitReader(resp.Body, int64(g.cfg.CacheMaxObject)+1))
+		if err != nil || len(body) > g.cfg.CacheMaxObject {
+			return
+		}
+		g.cache.Store(in, resp.StatusCode, resp.Header, body, now)
+	}()
+}

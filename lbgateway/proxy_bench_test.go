@@ -1,0 +1,63 @@
+package lbgateway
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkProxy measures a request through the gateway to a backend over
+// loopback, as a new session and with a sticky cookie; client, gateway
+// and backend share the process, so compare the cases, not the figure
+// with other proxies (e2e/bench/gateway.sh does that).
+func BenchmarkProxy(b *testing.B) {
+	page := strings.Repeat("x", 1024)
+	backends := make([]string, 2)
+	for i := range backends {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, page)
+		}))
+		b.Cleanup(srv.Close)
+		backends[i] = []string{"b1", "b2"}[i] + "=" + srv.URL
+	}
+	cfg := Config{ID: "bench", Secret: testSecret, CookieMode: ModeInsert, Backends: backends, Retries: 2}
+	g, err := New(b.Context(), cfg, Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(g.Close)
+	front := httptest.NewServer(g)
+	b.Cleanup(front.Close)
+	cookie := "cbroute=" + g.sticky.Encode("b1", time.Now(), time.Now())
+	for _, bc := range []struct {
+		name   string
+		cookie string
+	}{{"new-session", ""}, {"sticky", cookie}} {
+		b.Run(bc.name, func(b *testing.B) {
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req, _ := http.NewRequest(http.MethodGet, front.URL+"/app/x", nil)
+					if bc.cookie != "" {
+						req.Header.Set("Cookie", bc.cookie)
+					}
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
