@@ -284,7 +284,7 @@ func TestUsageErrors(t *testing.T) {
 		{map[string]string{"CACHEBUS_TIMEOUT": "soon"}, []string{"expire", "users", "k"}, "CACHEBUS_TIMEOUT"},
 		{map[string]string{"CACHEBUS_ORIGIN": "a b"}, []string{"expire", "users", "k"}, "CACHEBUS_ORIGIN: must match"},
 		{map[string]string{"CACHEBUS_HEARTBEAT_INTERVAL": "often"}, []string{"status"}, "CACHEBUS_HEARTBEAT_INTERVAL"},
-		{map[string]string{"CACHEBUS_ADMIN_ALLOW": "everyone"}, []string{"dev", "--nats-port", "-1", "--http", "127.0.0.1:0"}, "CACHEBUS_ADMIN_ALLOW"},
+		{map[string]string{"CACHEBUS_ADMIN_ALLOW": "everyone"}, []string{"dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0"}, "CACHEBUS_ADMIN_ALLOW"},
 		{map[string]string{"CACHEBUS_ADMIN_ALLOW": "10.0.0.0/99"}, []string{"nats"}, "CACHEBUS_ADMIN_ALLOW"},
 	}
 	for _, tc := range cases {
@@ -521,7 +521,7 @@ func TestDev(t *testing.T) {
 	t.Setenv("CACHEBUS_ADMIN_TOKEN", "")
 	t.Setenv("CACHEBUS_HEARTBEAT_INTERVAL", "100ms")
 	t.Setenv("CACHEBUS_FAILURE_TIMEOUT", "600ms")
-	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0")
+	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
 	banner, natsURL, adminURL, token := devBanner(t, d)
 	for _, w := range []string{
 		"cachebus expire users user:42",
@@ -555,13 +555,25 @@ func TestDev(t *testing.T) {
 	}
 
 	var st admin.Status
-	bustest.WaitFor(t, 10*time.Second, "dev and its cache node in its own status", func() bool {
+	bustest.WaitFor(t, 10*time.Second, "dev, its gateway and its cache node in its own status", func() bool {
 		_, body := httpDo(t, "GET", adminURL[1]+"/v1/status", token[1], "")
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatalf("status: %v: %s", err, body)
 		}
-		return len(st.Members) == 2 && st.Members[0].Key() == "client/dev" && st.Members[1].Key() == "node/node1"
+		return len(st.Members) == 3 && st.Members[0].Key() == "client/dev" && st.Members[1].Key() == "gateway/gw1" &&
+			st.Members[2].Key() == "node/node1"
 	})
+	// The gateway serves, with no app behind it yet.
+	gw := regexp.MustCompile(`gateway +(http://\S+)`).FindStringSubmatch(banner)
+	if gw == nil {
+		t.Fatalf("banner has no gateway line:\n%s", banner)
+	}
+	if code, body := httpDo(t, "GET", gw[1]+"/_cachebus/status.json", token[1], ""); code != 200 || !strings.Contains(body, `"id": "gw1"`) {
+		t.Fatalf("gateway status = %d %s", code, body)
+	}
+	if code, _ := httpDo(t, "GET", gw[1]+"/", "", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("gateway with no app answered %d, want 503", code)
+	}
 	if st.EventLog == nil || st.EventLog.LastSeq != 2 {
 		t.Fatalf("status event log %+v", st.EventLog)
 	}

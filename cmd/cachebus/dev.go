@@ -26,19 +26,23 @@ type devConfig struct {
 	DataDir  string `ignored:"true"`
 	NATSPort int    `ignored:"true"`
 	Nodes    int    `ignored:"true"`
+	// GatewayAddr is where dev's gateway serves the app pool; "off" runs
+	// none.
+	GatewayAddr string `ignored:"true"`
 }
 
 func init() {
 	register(&command{
 		name:    "dev",
-		summary: "run cachebus on this machine: embedded NATS with JetStream, the admin API and cache nodes, until Ctrl-C",
-		usage:   "[--data DIR] [--nats-port N] [--http ADDR] [--nodes N]",
+		summary: "run cachebus on this machine: embedded NATS with JetStream, the admin API, cache nodes and a gateway, until Ctrl-C",
+		usage:   "[--data DIR] [--nats-port N] [--http ADDR] [--nodes N] [--gateway ADDR]",
 		config:  func() any { return &devConfig{} },
 		flags: func(fs *flag.FlagSet, cfg any) {
 			c := cfg.(*devConfig)
 			fs.StringVar(&c.DataDir, "data", "", "JetStream store directory, kept across runs (default: a temporary directory removed on exit)")
 			fs.IntVar(&c.NATSPort, "nats-port", 4222, "client port of the embedded NATS server (0 or -1: a free one)")
 			fs.StringVar(&c.HTTPAddr, "http", "", "address of the admin API (default: CACHEBUS_HTTP_ADDR, 127.0.0.1:7380; port 0: a free one)")
+			fs.StringVar(&c.GatewayAddr, "gateway", "127.0.0.1:8080", "address of the gateway in front of the apps (port 0: a free one; off: no gateway; the variables of `cachebus gateway -h` apply)")
 			fs.IntVar(&c.Nodes, "nodes", 1, "cache nodes to run, node1..nodeN, each on its own connection (0: none; the record and node variables of `cachebus node -h` apply)")
 		},
 		run: runDev,

@@ -97,7 +97,7 @@ func TestNodeDaemon(t *testing.T) {
 func TestDevNodes(t *testing.T) {
 	t.Setenv("CACHEBUS_ADMIN_TOKEN", "")
 	fastTier(t)
-	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--nodes", "3")
+	d := cmdStart(t, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--nodes", "3")
 	banner, natsURL, adminURL, token := devBanner(t, d)
 	for _, w := range []string{
 		"node1 node2 node3",
