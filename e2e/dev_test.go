@@ -35,7 +35,7 @@ var (
 func TestDev(t *testing.T) {
 	// Its own TMPDIR, to see that its temporary store is gone after exit.
 	tmp := t.TempDir()
-	dev := startProc(t, "dev", map[string]string{"TMPDIR": tmp}, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0")
+	dev := startProc(t, "dev", map[string]string{"TMPDIR": tmp}, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
 	natsURL := dev.WaitLine(30*time.Second, devNATSRe)[1]
 	adminURL := dev.WaitLine(5*time.Second, devAdminRe)[1]
 	token := dev.WaitLine(5*time.Second, devTokenRe)[1]

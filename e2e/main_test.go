@@ -16,6 +16,11 @@ import (
 var cachebusBin string
 
 func TestMain(m *testing.M) {
+	// The test binary doubles as the app servers behind the gateway, so
+	// that a test can SIGKILL one (groupcache's peer processes do so).
+	if os.Getenv(appServerEnv) != "" {
+		os.Exit(runAppServer())
+	}
 	flag.Parse()
 	if testing.Short() {
 		fmt.Println("e2e: skipped under -short: these tests build the cachebus binary and run NATS clusters as processes")

@@ -44,6 +44,13 @@ type proc struct {
 // is left out, so that what runs is what the test says.
 func startProc(t testing.TB, name string, env map[string]string, args ...string) *proc {
 	t.Helper()
+	return startBinary(t, cachebusBin, name, env, args...)
+}
+
+// startBinary is startProc for another program: the test binary itself
+// run as an app server, say.
+func startBinary(t testing.TB, bin, name string, env map[string]string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, out: &output{}, done: make(chan struct{})}
 	if dir := os.Getenv("CACHEBUS_E2E_LOGDIR"); dir != "" {
 		file := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + name + ".log"
@@ -53,12 +60,12 @@ func startProc(t testing.TB, name string, env map[string]string, args ...string)
 		}
 		p.out.file = f
 	}
-	p.cmd = exec.Command(cachebusBin, args...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = procEnv(env)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("%s: start cachebus %s: %v", name, strings.Join(args, " "), err)
+		t.Fatalf("%s: start %s %s: %v", name, filepath.Base(bin), strings.Join(args, " "), err)
 	}
 	p.started = time.Now()
 	go func() {
