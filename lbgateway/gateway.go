@@ -52,6 +52,7 @@ type Gateway struct {
 	// health checks, on connections of their own so a busy pool does not
 	// delay them.
 	transport *http.Transport
+	dialer    *net.Dialer
 	checks    *http.Client
 	metrics   *metrics
 	status    http.Handler
@@ -111,7 +112,8 @@ func New(ctx context.Context, cfg Config, opts Options) (*Gateway, error) {
 	g.checks = &http.Client{Transport: newTransport(&g.cfg), Timeout: cfg.HealthTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	g.pool = newPool(&g.cfg, log)
-	g.pool.onAdd = g.startChecksLocked
+	g.dialer = &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	g.pool.onAdd = g.addedLocked
 	g.status = g.statusHandler()
 	if opts.Guard != nil {
 		g.status = opts.Guard(g.status)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 )
@@ -13,8 +14,20 @@ import (
 // the operator said it exists) and goes down after HealthFall bad checks
 // in a row, up again after HealthRise good ones, as HAProxy's rise/fall.
 
-// startChecksLocked starts b's active checks when they are configured;
-// the pool's lock is held, so b is not yet in any view.
+// addedLocked readies a new backend: its connection pool and its active
+// checks. The pool's lock is held, so b is not yet in any view.
+func (g *Gateway) addedLocked(b *Backend) {
+	if b.URL.Scheme == "http" {
+		host := b.URL.Host
+		if b.URL.Port() == "" {
+			host = net.JoinHostPort(b.URL.Hostname(), "80")
+		}
+		b.up = newUpstream(host, g.dialer)
+	}
+	g.startChecksLocked(b)
+}
+
+// startChecksLocked starts b's active checks when they are configured.
 func (g *Gateway) startChecksLocked(b *Backend) {
 	if g.cfg.HealthPath == "" {
 		return

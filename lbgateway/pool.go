@@ -23,6 +23,10 @@ type Backend struct {
 	// Static is set for a backend of GATEWAY_BACKENDS.
 	Static bool
 
+	// up carries the requests to a plain-HTTP backend; nil for HTTPS,
+	// which goes through the gateway's Transport.
+	up *upstream
+
 	inflight     atomic.Int64
 	requests     atomic.Uint64
 	failures     atomic.Uint64
@@ -202,6 +206,9 @@ func (p *Pool) stopLocked(b *Backend) {
 	if b.stopHealth != nil {
 		close(b.stopHealth)
 		b.stopHealth = nil
+	}
+	if b.up != nil {
+		b.up.close()
 	}
 }
 

@@ -177,6 +177,9 @@ func (g *Gateway) prepare(ctx context.Context, q *request) error {
 	out.RequestURI = ""
 	out.Close = false
 	removeHopHeaders(out.Header)
+	// The body is the gateway's to send: it has read it already, or
+	// streams it at once.
+	out.Header.Del("Expect")
 	g.sticky.Strip(out)
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
@@ -235,18 +238,26 @@ func (g *Gateway) roundTrip(ctx context.Context, q *request, b *Backend) (*http.
 		}
 	}
 	out.URL = &u
+	out.GetBody = nil
 	switch {
 	case q.body != nil:
-		out.Body = io.NopCloser(bytes.NewReader(q.body))
+		body := q.body
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	case q.stream != nil:
 		out.Body = io.NopCloser(q.stream)
 	default:
 		out.Body = nil
 	}
-	out.GetBody = nil
 	b.inflight.Add(1)
 	b.requests.Add(1)
-	resp, err := g.transport.RoundTrip(out)
+	var resp *http.Response
+	var err error
+	if b.up != nil {
+		resp, err = b.up.roundTrip(ctx, out, g.cfg.ResponseTimeout, q.replay && idempotent(q.in))
+	} else {
+		resp, err = g.transport.RoundTrip(out)
+	}
 	if err != nil {
 		b.inflight.Add(-1)
 		return nil, err
