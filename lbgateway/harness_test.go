@@ -37,12 +37,7 @@ func newCluster(t *testing.T) *cluster {
 	tg := bustest.Embedded(t)
 	conn := bustest.Connect(t, tg.URL)
 	bustest.EnsureEvents(t, conn, persistence.EventLogConfig{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	state, err := persistence.OpenState(ctx, conn, persistence.StateConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	state := bustest.OpenState(t, conn)
 	pub, err := bus.NewPublisher(conn, "test")
 	if err != nil {
 		t.Fatal(err)

@@ -145,6 +145,19 @@ func EnsureEvents(t testing.TB, c *bus.Conn, cfg persistence.EventLogConfig) {
 	}
 }
 
+// OpenState creates the cluster state bucket on c, as a daemon would, and
+// returns it.
+func OpenState(t testing.TB, c *bus.Conn) *persistence.State {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := persistence.OpenState(ctx, c, persistence.StateConfig{})
+	if err != nil {
+		t.Fatalf("state bucket: %v", err)
+	}
+	return st
+}
+
 // Logger writes through t.Log at debug level, so a failing test shows what
 // the bus did.
 func Logger(t testing.TB) *slog.Logger {

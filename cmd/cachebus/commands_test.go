@@ -115,12 +115,7 @@ func cmdBus(t *testing.T) (*bustest.Target, *bus.Conn, *persistence.State) {
 	tg := bustest.Embedded(t)
 	conn := bustest.Connect(t, tg.URL)
 	bustest.EnsureEvents(t, conn, persistence.EventLogConfig{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := persistence.OpenState(ctx, conn, persistence.StateConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := bustest.OpenState(t, conn)
 	t.Setenv("CACHEBUS_NATS_URL", tg.URL)
 	t.Setenv("CACHEBUS_PREFIX", "cachebus")
 	return tg, conn, st
