@@ -14,6 +14,8 @@ import (
 type Config struct {
 	ID         string   `envconfig:"GATEWAY_ID" desc:"this gateway's id in its heartbeat and in the expires it publishes (default: the host name)"`
 	Addr       string   `envconfig:"GATEWAY_ADDR" default:"127.0.0.1:8080" desc:"address the gateway serves the app pool on"`
+	TLSCert    string   `envconfig:"GATEWAY_TLS_CERT" desc:"certificate chain (PEM) to serve HTTPS with; with GATEWAY_TLS_KEY, the gateway speaks TLS to clients and sets its cookie Secure"`
+	TLSKey     string   `envconfig:"GATEWAY_TLS_KEY" desc:"private key (PEM) of GATEWAY_TLS_CERT"`
 	Backends   []string `envconfig:"GATEWAY_BACKENDS" desc:"static backends, comma-separated: ID=URL, or URL alone (its id is then made from host and port)"`
 	Heartbeats bool     `envconfig:"GATEWAY_HEARTBEATS" default:"true" desc:"also take backends from app heartbeats (<prefix>.hb.app.<id>, sent by apps or by cachebus announce)"`
 
@@ -149,6 +151,9 @@ func (c *Config) check() error {
 	case ModeInsert, ModeSession:
 	default:
 		return fmt.Errorf("lbgateway: CACHEBUS_GATEWAY_COOKIE_MODE must be insert or session, got %q", c.CookieMode)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("lbgateway: CACHEBUS_GATEWAY_TLS_CERT and CACHEBUS_GATEWAY_TLS_KEY go together")
 	}
 	if c.HealthPath != "" && !strings.HasPrefix(c.HealthPath, "/") {
 		return fmt.Errorf("lbgateway: CACHEBUS_GATEWAY_HEALTH_PATH must start with /, got %q", c.HealthPath)

@@ -224,3 +224,22 @@ func TestParseExpireHeader(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseExpireHeader: no header line a backend sends makes the parser
+// panic, and what it accepts is a valid expire of a valid namespace.
+func FuzzParseExpireHeader(f *testing.F) {
+	for _, s := range []string{"http /a /b*", "users u:1\nhttp /x", "http", "bad/ns /a", " http  /a ", "http *", "http /\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseExpireHeader(strings.Split(s, "\n"))
+		if err != nil {
+			return
+		}
+		for ns, e := range got {
+			if bus.CheckNamespace(ns) != nil || e.Validate() != nil {
+				t.Fatalf("%q accepted as %s %+v", s, ns, e)
+			}
+		}
+	})
+}

@@ -3,6 +3,7 @@ package lbgateway
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -54,6 +55,7 @@ type Gateway struct {
 	transport *http.Transport
 	dialer    *net.Dialer
 	checks    *http.Client
+	tls       *tls.Config // nil: plain HTTP to clients
 	metrics   *metrics
 	status    http.Handler
 
@@ -108,6 +110,14 @@ func New(ctx context.Context, cfg Config, opts Options) (*Gateway, error) {
 	statics, _ := ParseBackends(cfg.Backends) // checked by cfg.check
 	g := &Gateway{cfg: cfg, log: log, opts: opts, sticky: sticky, metrics: m, conn: opts.Conn, state: opts.State,
 		started: time.Now(), done: make(chan struct{})}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("lbgateway: CACHEBUS_GATEWAY_TLS_CERT/_KEY: %w", err)
+		}
+		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+			NextProtos: []string{"http/1.1"}}
+	}
 	g.transport = newTransport(&g.cfg)
 	g.checks = &http.Client{Transport: newTransport(&g.cfg), Timeout: cfg.HealthTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -258,8 +268,8 @@ func (g *Gateway) Ready() error {
 // ID is the gateway's id.
 func (g *Gateway) ID() string { return g.cfg.ID }
 
-// Serve serves on ln and announces the gateway by heartbeat until ctx
-// ends; then it stops accepting, lets requests in flight finish (up to
+// Serve serves on ln (with TLS when configured) and announces the
+// gateway by heartbeat until ctx ends; then it stops accepting, lets requests in flight finish (up to
 // ShutdownTimeout), announces it is gone and returns.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
@@ -270,9 +280,13 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
+	scheme := "http://"
+	if g.tls != nil {
+		ln, scheme = tls.NewListener(ln, g.tls), "https://"
+	}
 	if g.conn != nil {
 		hb, err := bus.StartHeartbeat(g.conn, bus.Heartbeat{ID: g.cfg.ID, Role: bus.RoleGateway,
-			Addr: "http://" + ln.Addr().String(), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
+			Addr: scheme + ln.Addr().String(), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
 			h.Load = float64(g.inflight.Load())
 		})
 		if err != nil {
