@@ -14,16 +14,20 @@ import (
 // health checks go on, and the automatic fallback ends with the first
 // backend back.
 
-// inFallback says whether requests at now are answered in fallback.
-func (g *Gateway) inFallback(now time.Time) bool {
+// inFallback says why requests at now are answered in fallback, or ""
+// when they are not.
+func (g *Gateway) inFallback(now time.Time) string {
 	if fbs := g.fallbacks.Load(); fbs != nil {
 		for _, f := range *fbs {
 			if f.Active(now) {
-				return true
+				return "the site is in fallback mode: only cached pages are served"
 			}
 		}
 	}
-	return g.autoFallback(now)
+	if g.autoFallback(now) {
+		return "no app server is up"
+	}
+	return ""
 }
 
 // autoFallback says whether the pool has no backend up, with a cache to

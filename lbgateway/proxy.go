@@ -33,7 +33,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	cacheable := g.cache != nil && g.cache.Cacheable(r)
-	fallback := g.inFallback(start)
+	why := g.inFallback(start)
+	fallback := why != ""
 	var stale *Entry
 	if cacheable {
 		e, fr := g.cache.Lookup(r, start)
@@ -61,7 +62,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if fallback {
 		g.metrics.fallback.Inc()
-		g.unavailable(w, "the site is in fallback mode: only cached pages are served")
+		g.unavailable(w, why)
 		return
 	}
 	g.forward(w, r, cacheable, stale, start)
@@ -123,7 +124,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 			}
 			g.metrics.noBackend.Inc()
 			if len(tried) == 0 && g.cfg.AutoFallback && g.cache != nil {
-				g.unavailable(w, "no backend is up")
+				g.unavailable(w, "no app server is up")
 				return
 			}
 			http.Error(w, "no backend available", http.StatusServiceUnavailable)
