@@ -46,7 +46,7 @@ type Config struct {
 	ResponseTimeout time.Duration `envconfig:"GATEWAY_RESPONSE_TIMEOUT" default:"30s" desc:"how long a backend may take to send its response headers"`
 	BodyTimeout     time.Duration `envconfig:"GATEWAY_BODY_TIMEOUT" default:"30s" desc:"longest silence while a backend sends its response body"`
 	HeaderTimeout   time.Duration `envconfig:"GATEWAY_CLIENT_HEADER_TIMEOUT" default:"10s" desc:"how long a client may take to send its request headers"`
-	ReadTimeout     time.Duration `envconfig:"GATEWAY_CLIENT_READ_TIMEOUT" default:"60s" desc:"how long a client may take to send its whole request"`
+	ReadTimeout     time.Duration `envconfig:"GATEWAY_CLIENT_READ_TIMEOUT" default:"60s" desc:"how long a client may take to send its whole request, or to take each piece of its answer"`
 	IdleTimeout     time.Duration `envconfig:"GATEWAY_CLIENT_IDLE_TIMEOUT" default:"120s" desc:"how long an idle keep-alive client connection is kept"`
 	MaxHeaderBytes  int           `envconfig:"GATEWAY_MAX_HEADER_BYTES" default:"65536" desc:"largest request header block a client may send"`
 	ShutdownTimeout time.Duration `envconfig:"GATEWAY_SHUTDOWN_TIMEOUT" default:"30s" desc:"on SIGTERM, how long requests in flight may take to finish"`

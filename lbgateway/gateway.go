@@ -272,14 +272,6 @@ func (g *Gateway) ID() string { return g.cfg.ID }
 // gateway by heartbeat until ctx ends; then it stops accepting, lets requests in flight finish (up to
 // ShutdownTimeout), announces it is gone and returns.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{
-		Handler:           g,
-		ReadHeaderTimeout: g.cfg.HeaderTimeout,
-		ReadTimeout:       g.cfg.ReadTimeout,
-		IdleTimeout:       g.cfg.IdleTimeout,
-		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
-	}
 	scheme := "http://"
 	if g.tls != nil {
 		ln, scheme = tls.NewListener(ln, g.tls), "https://"
@@ -294,8 +286,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		g.heartbeat = hb
 	}
+	srv := newServer(g, g)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- srv.serve(ln) }()
 	select {
 	case err := <-errc:
 		g.stopHeartbeat()
@@ -306,12 +299,12 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	if g.heartbeat != nil {
 		g.heartbeat.SetState(bus.StateDraining)
 	}
+	_ = ln.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
-	err := hs.Shutdown(sctx)
+	err := srv.close(sctx)
 	<-errc
 	if err != nil {
-		_ = hs.Close()
 		err = fmt.Errorf("lbgateway: shutdown: requests still in flight after %s: %w", g.cfg.ShutdownTimeout, err)
 	}
 	g.stopHeartbeat()

@@ -322,7 +322,7 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, w http.R
 	}
 	complete, err := g.copyBody(w, resp, cancel, keep)
 	for k, vv := range resp.Trailer {
-		h[k] = vv
+		h[http.TrailerPrefix+k] = vv
 	}
 	if err != nil {
 		g.log.Debug("response body cut short", "backend", q.backend.ID, "path", q.in.URL.Path, "err", err)

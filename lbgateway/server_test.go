@@ -1,0 +1,167 @@
+package lbgateway
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawExchange writes raw to the gateway and reads responses until n have
+// arrived (or the connection ends); it returns them and whether the
+// gateway closed the connection after them.
+func rawExchange(t *testing.T, url, raw string, n int, method string) ([]*http.Response, []string, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var resps []*http.Response
+	var bodies []string
+	for range n {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("response %d: %v", len(resps)+1, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("response %d body: %v", len(resps)+1, err)
+		}
+		resps, bodies = append(resps, resp), append(bodies, string(body))
+	}
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	_, err = br.ReadByte()
+	return resps, bodies, err == io.EOF
+}
+
+// TestServerHTTP: the gateway's own HTTP/1.1 server keeps to the
+// protocol where clients and backends rely on it.
+func TestServerHTTP(t *testing.T) {
+	b := newBackend(t, "b1")
+	b.setHandler(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/stream":
+			w.Header().Set("Trailer", "X-Sum")
+			fmt.Fprint(w, "part1 ")
+			w.(http.Flusher).Flush()
+			fmt.Fprint(w, "part2")
+			w.Header().Set("X-Sum", "42")
+		case "/head":
+			w.Header().Set("Content-Length", "5")
+			if r.Method != http.MethodHead {
+				fmt.Fprint(w, "hello")
+			}
+		default:
+			fmt.Fprintf(w, "%s %s te=%q cl=%d body=%q", r.Method, r.URL.Path, r.TransferEncoding, r.ContentLength, body)
+		}
+	})
+	g := startGateway(t, nil, testConfig(b))
+
+	t.Run("pipelined requests answered in order", func(t *testing.T) {
+		_, bodies, closed := rawExchange(t, g.url,
+			"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", 2, "GET")
+		if !strings.HasPrefix(bodies[0], "GET /one") || !strings.HasPrefix(bodies[1], "GET /two") || closed {
+			t.Fatalf("bodies %q, closed %v", bodies, closed)
+		}
+	})
+	t.Run("HTTP/1.0 without keep-alive: closed after the answer", func(t *testing.T) {
+		resps, _, closed := rawExchange(t, g.url, "GET /old HTTP/1.0\r\nHost: x\r\n\r\n", 1, "GET")
+		if resps[0].StatusCode != 200 || !closed {
+			t.Fatalf("status %d, closed %v", resps[0].StatusCode, closed)
+		}
+	})
+	t.Run("Connection: close honoured", func(t *testing.T) {
+		resps, _, closed := rawExchange(t, g.url, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1, "GET")
+		if !resps[0].Close || !closed {
+			t.Fatalf("answer says close %v, closed %v", resps[0].Close, closed)
+		}
+	})
+	t.Run("Expect 100-continue", func(t *testing.T) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.Contains(line, "100 Continue") {
+			t.Fatalf("first line %q (%v), want 100 Continue before the body is sent", line, err)
+		}
+		br.ReadString('\n')
+		io.WriteString(c, "hello")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), `body="hello"`) {
+			t.Fatalf("backend saw %q", body)
+		}
+	})
+	t.Run("chunked request body", func(t *testing.T) {
+		_, bodies, _ := rawExchange(t, g.url,
+			"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", 1, "POST")
+		if !strings.Contains(bodies[0], `body="abcde"`) {
+			t.Fatalf("backend saw %q", bodies[0])
+		}
+	})
+	t.Run("streamed answer with a trailer", func(t *testing.T) {
+		resps, bodies, _ := rawExchange(t, g.url, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n", 1, "GET")
+		if bodies[0] != "part1 part2" || resps[0].Trailer.Get("X-Sum") != "42" {
+			t.Fatalf("body %q trailer %v", bodies[0], resps[0].Trailer)
+		}
+	})
+	t.Run("HEAD keeps the length, sends no body", func(t *testing.T) {
+		resps, bodies, closed := rawExchange(t, g.url,
+			"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\nGET /head HTTP/1.1\r\nHost: x\r\n\r\n", 1, "HEAD")
+		if resps[0].ContentLength != 5 || bodies[0] != "" || closed {
+			t.Fatalf("length %d body %q closed %v", resps[0].ContentLength, bodies[0], closed)
+		}
+	})
+	t.Run("conflicting lengths refused", func(t *testing.T) {
+		resps, _, closed := rawExchange(t, g.url,
+			"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde", 1, "POST")
+		if resps[0].StatusCode != http.StatusBadRequest || !closed {
+			t.Fatalf("status %d closed %v, want 400 and closed", resps[0].StatusCode, closed)
+		}
+	})
+	t.Run("shutdown closes idle connections", func(t *testing.T) {
+		g2 := startGateway(t, nil, testConfig(b))
+		c, err := net.Dial("tcp", strings.TrimPrefix(g2.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		start := time.Now()
+		if err := g2.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("shutdown took %s with one idle connection", took)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Errorf("idle connection after shutdown: %v, want EOF", err)
+		}
+	})
+}
