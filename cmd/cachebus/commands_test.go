@@ -176,6 +176,9 @@ func TestCommandsReachSubscriber(t *testing.T) {
 		if strings.Contains(stderr, "level=") {
 			t.Errorf("cachebus %s logged at the default level: %s", s.args[0], stderr)
 		}
+		if strings.Join(s.args, " ") == "fallback off" && !strings.Contains(stdout, "fallback is still on for scope users") {
+			t.Errorf("fallback off for * did not say that users is still on:\n%s", stdout)
+		}
 	}
 	bustest.WaitSeq(t, sub, uint64(len(steps)))
 	evs := rec.Events()

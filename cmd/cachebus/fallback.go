@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
@@ -71,5 +73,18 @@ func runFallback(ctx context.Context, env *runEnv, cfgAny any, args []string) er
 		return fmt.Errorf("fallback: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "sent fallback %s origin=%s seq=%d\n", describeFallback(f), pub.Origin(), seq)
+	if !f.On {
+		// Scopes are separate switches: "off" for * leaves a namespace's
+		// own fallback on, which an operator ending an incident would
+		// not expect without being told.
+		if cs, err := state.Load(pctx); err == nil {
+			now := time.Now()
+			for _, scope := range slices.Sorted(maps.Keys(cs.Fallbacks)) {
+				if other := cs.Fallbacks[scope]; scope != f.Scope && other.Active(now) {
+					fmt.Fprintf(env.stdout, "fallback is still on for scope %s: cachebus fallback off --scope %s\n", scope, scope)
+				}
+			}
+		}
+	}
 	return nil
 }
