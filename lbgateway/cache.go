@@ -65,6 +65,7 @@ const (
 	Stale
 )
 
+// String names f for logs and metrics.
 func (f Freshness) String() string {
 	switch f {
 	case Fresh:
