@@ -13,7 +13,8 @@
 //     of the pool (pool.go). A request that could not be sent, or an
 //     idempotent one that got no answer, is retried on another backend.
 //   - upstream.go carries it to the backend on a kept-alive connection,
-//     written and read by the request's own goroutine.
+//     written and read by the request's own goroutine; upgrade.go tunnels
+//     a protocol switch (WebSocket) on a connection of its own.
 //   - On the way back the sticky cookie is set when a session starts or
 //     moves, the response may be kept in the cache, and a Cachebus-Expire
 //     header is published to the whole cluster (expire.go).

@@ -113,6 +113,16 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 		b = v.pickNew(now, nil)
 	}
 
+	if isUpgrade(r) {
+		if b == nil {
+			g.metrics.noBackend.Inc()
+			http.Error(w, "no backend available", http.StatusServiceUnavailable)
+			return
+		}
+		g.upgrade(w, q, b)
+		return
+	}
+
 	var tried []*Backend
 	var resp *http.Response
 	for attempt := 0; ; attempt++ {

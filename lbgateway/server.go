@@ -46,6 +46,9 @@ type serverConn struct {
 	// idle is set while the connection waits for its next request: a
 	// shutdown closes it then, and lets it finish its answer otherwise.
 	idle atomic.Bool
+	// hijacked is set when a handler took the connection (an upgrade to
+	// WebSocket): the server no longer reads, writes or closes it.
+	hijacked bool
 }
 
 func newServer(g *Gateway, h http.Handler) *server {
@@ -136,7 +139,9 @@ func (s *server) serveConn(sc *serverConn) {
 		if v := recover(); v != nil {
 			s.g.log.Error("panic serving a request; connection closed", "panic", v, "remote", sc.c.RemoteAddr().String())
 		}
-		_ = sc.c.Close()
+		if !sc.hijacked {
+			_ = sc.c.Close()
+		}
 		s.mu.Lock()
 		delete(s.conns, sc)
 		s.mu.Unlock()
@@ -202,6 +207,9 @@ func (s *server) answer(sc *serverConn, req *http.Request) bool {
 		req.Body = &continueReader{ReadCloser: req.Body, w: w}
 	}
 	s.handler.ServeHTTP(w, req)
+	if sc.hijacked {
+		return false
+	}
 	if err := w.finish(); err != nil || w.close {
 		return false
 	}
@@ -298,7 +306,20 @@ type responseWriter struct {
 var (
 	_ http.ResponseWriter = (*responseWriter)(nil)
 	_ http.Flusher        = (*responseWriter)(nil)
+	_ http.Hijacker       = (*responseWriter)(nil)
 )
+
+// Hijack hands the connection to the handler, with what is buffered:
+// the server is done with it.
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.wroteHeader {
+		return nil, nil, errors.New("lbgateway: hijack after the answer began")
+	}
+	sc := w.sc
+	sc.hijacked = true
+	_ = sc.c.SetDeadline(time.Time{})
+	return sc.c, bufio.NewReadWriter(sc.br, sc.bw), nil
+}
 
 func (w *responseWriter) Header() http.Header { return w.header }
 
