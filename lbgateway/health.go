@@ -22,7 +22,7 @@ func (g *Gateway) addedLocked(b *Backend) {
 		if b.URL.Port() == "" {
 			host = net.JoinHostPort(b.URL.Hostname(), "80")
 		}
-		b.up = newUpstream(host, g.dialer)
+		b.up = newUpstream(host, g.dialer, g.cfg.BodyTimeout)
 	}
 	g.startChecksLocked(b)
 }

@@ -277,6 +277,11 @@ func (g *Gateway) roundTrip(ctx context.Context, q *request, b *Backend) (*http.
 	return resp, nil
 }
 
+func isUpBody(rc io.ReadCloser) bool {
+	_, ok := rc.(*upBody)
+	return ok
+}
+
 // countedBody keeps a request in its backend's in-flight count until its
 // response body is closed.
 type countedBody struct {
@@ -354,8 +359,13 @@ func (g *Gateway) copyBody(w http.ResponseWriter, resp *http.Response, cancel co
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
-	idle := time.AfterFunc(g.cfg.BodyTimeout, cancel)
-	defer idle.Stop()
+	// A body from our own upstream renews its read deadline at each
+	// read; others get a timer that cancels the request.
+	var idle *time.Timer
+	if cb, ok := resp.Body.(*countedBody); !ok || !isUpBody(cb.ReadCloser) {
+		idle = time.AfterFunc(g.cfg.BodyTimeout, cancel)
+		defer idle.Stop()
+	}
 	flusher, _ := w.(http.Flusher)
 	// Streams of unknown length (server-sent events, long polls) reach
 	// the client as they come.
@@ -363,7 +373,9 @@ func (g *Gateway) copyBody(w http.ResponseWriter, resp *http.Response, cancel co
 	fits := keep != nil
 	for {
 		n, rerr := resp.Body.Read(buf)
-		idle.Reset(g.cfg.BodyTimeout)
+		if idle != nil {
+			idle.Reset(g.cfg.BodyTimeout)
+		}
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return false, fmt.Errorf("write to client: %w", werr)

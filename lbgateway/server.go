@@ -49,6 +49,10 @@ type serverConn struct {
 	// hijacked is set when a handler took the connection (an upgrade to
 	// WebSocket): the server no longer reads, writes or closes it.
 	hijacked bool
+	// ctx is the context of the connection's requests; cancel ends it
+	// when the client is gone.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func newServer(g *Gateway, h http.Handler) *server {
@@ -162,6 +166,8 @@ func (s *server) serveConn(sc *serverConn) {
 	sc.br = bufio.NewReaderSize(sc.limit, 4<<10)
 	sc.bw = bufio.NewWriterSize(&timedWriter{c: sc.c, d: cfg.ReadTimeout}, 4<<10)
 	remote := sc.c.RemoteAddr().String()
+	sc.ctx, sc.cancel = context.WithCancel(context.Background())
+	defer sc.cancel()
 	for {
 		// Wait for the first byte of the next request up to the idle
 		// timeout, then for the rest of its headers up to the header
@@ -198,10 +204,10 @@ func (s *server) serveConn(sc *serverConn) {
 // answer runs the handler for req and finishes its response; it says
 // whether the connection may carry another request.
 func (s *server) answer(sc *serverConn, req *http.Request) bool {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	req = req.WithContext(ctx)
-	w := &responseWriter{sc: sc, req: req, cancel: cancel, header: make(http.Header, 8)}
+	// The connection's context, not one per request: it ends when an
+	// answer cannot be written, and the connection is done then anyway.
+	req = req.WithContext(sc.ctx)
+	w := &responseWriter{sc: sc, req: req, cancel: sc.cancel, header: make(http.Header, 8)}
 	w.close = req.Close || s.closingNow()
 	if req.Body != nil && req.Body != http.NoBody && req.Header.Get("Expect") == "100-continue" {
 		req.Body = &continueReader{ReadCloser: req.Body, w: w}

@@ -21,6 +21,10 @@ import (
 type upstream struct {
 	addr   string
 	dialer *net.Dialer
+	// bodyTimeout is the longest silence inside a response body: each
+	// read of a body renews the connection's deadline, which costs less
+	// than a timer per request.
+	bodyTimeout time.Duration
 
 	mu     sync.Mutex
 	idle   []*upConn // most recently used last
@@ -49,8 +53,8 @@ const (
 	upFreshReuse = time.Second
 )
 
-func newUpstream(addr string, dialer *net.Dialer) *upstream {
-	return &upstream{addr: addr, dialer: dialer}
+func newUpstream(addr string, dialer *net.Dialer, bodyTimeout time.Duration) *upstream {
+	return &upstream{addr: addr, dialer: dialer, bodyTimeout: bodyTimeout}
 }
 
 // get returns an idle connection used within maxIdle, or nil.
@@ -212,6 +216,7 @@ type upBody struct {
 }
 
 func (b *upBody) Read(p []byte) (int, error) {
+	_ = b.uc.c.SetReadDeadline(time.Now().Add(b.up.bodyTimeout))
 	n, err := b.body.Read(p)
 	if err == io.EOF {
 		b.eof = true
