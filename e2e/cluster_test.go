@@ -488,7 +488,11 @@ func checkLog(ctx context.Context, t *testing.T, c *bus.Conn, want ...[]string) 
 	}()
 	bustest.WaitFor(t, 30*time.Second, fmt.Sprintf("a read of the %d expires of the event log", total), func() bool {
 		attempts++
-		log, ids, err = readLog(ctx, c, total)
+		// Each read has its own deadline: the caller's context may be
+		// near its end after a slow recovery, and a read needs its time.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		log, ids, err = readLog(rctx, c, total)
 		if err != nil {
 			lastErr = err
 		}
@@ -568,7 +572,9 @@ func TestClusterFrozenStreamLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	// Longer than the sum of the waits below (freeze, move, thaw), which
+	// on a loaded machine can pass 90s.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err = ctl.JS.Stream(ctx, ctl.Subjects.EventStream())
 	if err != nil {
