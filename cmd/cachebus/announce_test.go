@@ -346,11 +346,7 @@ func TestAnnounceDrainEnds(t *testing.T) {
 func TestAnnounceUsage(t *testing.T) {
 	t.Setenv("CACHEBUS_NATS_URL", fmt.Sprintf("nats://127.0.0.1:%d", bustest.FreePort(t)))
 	ok := []string{"announce", "--id", "web1", "--addr", "http://127.0.0.1:8080"}
-	cases := []struct {
-		env  map[string]string
-		args []string
-		want string
-	}{
+	cases := []usageCase{
 		{nil, []string{"announce", "--addr", "http://127.0.0.1:8080"}, `--id / CACHEBUS_APP_ID: must match [A-Za-z0-9_-]{1,64}, got ""`},
 		{nil, []string{"announce", "--id", "a.b", "--addr", "http://127.0.0.1:8080"}, "--id / CACHEBUS_APP_ID: must match"},
 		{nil, []string{"announce", "--id", "web1"}, "--addr / CACHEBUS_APP_ADDR: want an absolute http or https URL"},
@@ -373,20 +369,7 @@ func TestAnnounceUsage(t *testing.T) {
 		// A flag wins over its variable.
 		{map[string]string{"CACHEBUS_APP_ID": "ok-id"}, []string{"announce", "--id", "bad.id", "--addr", "http://h:1"}, `got "bad.id"`},
 	}
-	for _, tc := range cases {
-		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			code, stdout, stderr := cmdRun(t, "", tc.args...)
-			if code != exitUsage {
-				t.Fatalf("exit %d, want %d\n%s%s", code, exitUsage, stdout, stderr)
-			}
-			if !strings.Contains(stderr, tc.want) {
-				t.Fatalf("stderr does not say %q:\n%s", tc.want, stderr)
-			}
-		})
-	}
+	checkUsage(t, cases)
 }
 
 // TestAnnounceHelp checks that -h lists its flags and variables.

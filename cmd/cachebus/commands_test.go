@@ -248,11 +248,7 @@ func TestUsageErrors(t *testing.T) {
 	// with exit 1, not 2.
 	t.Setenv("CACHEBUS_NATS_URL", fmt.Sprintf("nats://127.0.0.1:%d", bustest.FreePort(t)))
 	t.Setenv("CACHEBUS_TIMEOUT", "2s")
-	cases := []struct {
-		env  map[string]string
-		args []string
-		want string
-	}{
+	cases := []usageCase{
 		{nil, []string{"expire"}, "missing namespace"},
 		{nil, []string{"expire", "bad.ns", "k"}, "ns: must match"},
 		{nil, []string{"expire", "users"}, "nothing to expire"},
@@ -285,6 +281,20 @@ func TestUsageErrors(t *testing.T) {
 		{map[string]string{"CACHEBUS_ADMIN_ALLOW": "everyone"}, []string{"dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0"}, "CACHEBUS_ADMIN_ALLOW"},
 		{map[string]string{"CACHEBUS_ADMIN_ALLOW": "10.0.0.0/99"}, []string{"nats"}, "CACHEBUS_ADMIN_ALLOW"},
 	}
+	checkUsage(t, cases)
+}
+
+// usageCase is a bad invocation and what its error must say.
+type usageCase struct {
+	env  map[string]string
+	args []string
+	want string
+}
+
+// checkUsage runs each case: exit 2, stderr naming what to fix, nothing
+// sent.
+func checkUsage(t *testing.T, cases []usageCase) {
+	t.Helper()
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			for k, v := range tc.env {
