@@ -186,6 +186,9 @@ func (s *server) serveConn(sc *serverConn) {
 		sc.idle.Store(false)
 		_ = sc.c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout))
 		req, err := http.ReadRequest(sc.br)
+		if err == nil {
+			err = checkRequest(req)
+		}
 		if err != nil {
 			s.badRequest(sc, err)
 			return
@@ -238,6 +241,10 @@ func (s *server) answer(sc *serverConn, req *http.Request) bool {
 func (s *server) badRequest(sc *serverConn, err error) {
 	code, msg := http.StatusBadRequest, "bad request"
 	switch {
+	case errors.Is(err, errBadVersion):
+		code, msg = http.StatusHTTPVersionNotSupported, "unsupported HTTP version"
+	case errors.Is(err, errBadHost):
+		msg = "missing, repeated or malformed Host header"
 	case sc.limit.N <= 0:
 		code, msg = http.StatusRequestHeaderFieldsTooLarge, "request header fields too large"
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isTimeout(err):
@@ -270,6 +277,43 @@ type timedWriter struct {
 func (t *timedWriter) Write(p []byte) (int, error) {
 	_ = t.c.SetWriteDeadline(time.Now().Add(t.d))
 	return t.c.Write(p)
+}
+
+// errBadHost and errBadVersion are requests net/http's own server
+// refuses after parsing, which http.ReadRequest alone lets through.
+var (
+	errBadHost    = errors.New("lbgateway: missing, repeated or malformed Host header")
+	errBadVersion = errors.New("lbgateway: unsupported HTTP version")
+)
+
+// checkRequest applies the checks net/http's server makes on top of
+// parsing: HTTP/1.x only, and one well-formed Host header (required from
+// HTTP/1.1 on), so that no request reaches a backend with a Host it
+// would read differently from the gateway.
+func checkRequest(r *http.Request) error {
+	if r.ProtoMajor != 1 {
+		return errBadVersion
+	}
+	// ReadRequest has moved the Host header to r.Host, refusing several.
+	if r.Host == "" && r.ProtoAtLeast(1, 1) {
+		return errBadHost
+	}
+	for i := 0; i < len(r.Host); i++ {
+		if !validHostByte(r.Host[i]) {
+			return errBadHost
+		}
+	}
+	return nil
+}
+
+// validHostByte says whether c may appear in a Host header: the bytes of
+// a registered name, an IP literal and a port.
+func validHostByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0
 }
 
 // continueReader sends "100 Continue" before the first read of a body

@@ -138,6 +138,25 @@ func TestServerHTTP(t *testing.T) {
 			t.Fatalf("status %d closed %v, want 400 and closed", resps[0].StatusCode, closed)
 		}
 	})
+	t.Run("bad Host or version refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			raw  string
+			want int
+		}{
+			{"GET /x HTTP/1.1\r\n\r\n", http.StatusBadRequest},
+			{"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", http.StatusBadRequest},
+			{"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", http.StatusBadRequest},
+			{"GET /x HTTP/1.1\r\nHost: evil/x\r\n\r\n", http.StatusBadRequest},
+			{"GET /x HTTP/2.0\r\nHost: a\r\n\r\n", http.StatusHTTPVersionNotSupported},
+			{"GET /x HTTP/1.0\r\n\r\n", http.StatusOK}, // HTTP/1.0 needs no Host
+			{"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", http.StatusOK},
+		} {
+			resps, _, _ := rawExchange(t, g.url, tc.raw, 1, "GET")
+			if resps[0].StatusCode != tc.want {
+				t.Errorf("%q: status %d, want %d", tc.raw, resps[0].StatusCode, tc.want)
+			}
+		}
+	})
 	t.Run("shutdown closes idle connections", func(t *testing.T) {
 		g2 := startGateway(t, nil, testConfig(b))
 		c, err := net.Dial("tcp", strings.TrimPrefix(g2.url, "http://"))
