@@ -184,13 +184,13 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 // replayed on another backend: no body, or one small enough to keep.
 func (g *Gateway) prepare(ctx context.Context, q *request) error {
 	r := q.in
-	out := r.Clone(ctx)
+	// A shallow copy with a header map of its own: the values are shared
+	// with the incoming request and never changed in place (Strip and
+	// Set replace them), which saves copying them all as Clone would.
+	out := r.WithContext(ctx)
 	out.RequestURI = ""
 	out.Close = false
-	removeHopHeaders(out.Header)
-	// The body is the gateway's to send: it has read it already, or
-	// streams it at once.
-	out.Header.Del("Expect")
+	out.Header = outgoingHeader(r.Header)
 	g.sticky.Strip(out)
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
@@ -441,6 +441,19 @@ func idempotent(r *http.Request) bool {
 		return true
 	}
 	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+}
+
+// outgoingHeader is h without the headers that stop at the gateway: the
+// hop-by-hop ones, those its Connection header names, and Expect (the
+// gateway has read the body already, or streams it at once).
+func outgoingHeader(h http.Header) http.Header {
+	out := make(http.Header, len(h)+3)
+	for k, vv := range h {
+		out[k] = vv
+	}
+	removeHopHeaders(out)
+	delete(out, "Expect")
+	return out
 }
 
 // hopHeaders are meaningful for one connection only (RFC 9110, 7.6.1).
