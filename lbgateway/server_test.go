@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -181,6 +183,64 @@ func TestServerHTTP(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		if _, err := br.ReadByte(); err != io.EOF {
 			t.Errorf("idle connection after shutdown: %v, want EOF", err)
+		}
+	})
+}
+
+// FuzzServeConn: whatever bytes a client sends, the server answers or
+// closes, and never panics or hangs; the handler only sees requests that
+// passed the checks.
+func FuzzServeConn(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+		"GARBAGE\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+	} {
+		f.Add(s)
+	}
+	g := &Gateway{cfg: Config{HeaderTimeout: time.Second, ReadTimeout: time.Second, IdleTimeout: time.Second,
+		MaxHeaderBytes: 4096}, log: slog.New(slog.DiscardHandler)}
+	var unchecked atomic.Value // the first request that should have been refused
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "" && r.ProtoAtLeast(1, 1) || r.ProtoMajor != 1 {
+			unchecked.CompareAndSwap(nil, fmt.Sprintf("%s %s %s host %q", r.Method, r.RequestURI, r.Proto, r.Host))
+		}
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+		w.Header().Set("X-Len", fmt.Sprint(len(body)))
+		fmt.Fprintf(w, "%s %s", r.Method, r.URL.Path)
+	})
+	f.Fuzz(func(t *testing.T, in string) {
+		s := newServer(g, handler)
+		client, srv := net.Pipe()
+		s.conns = map[*serverConn]struct{}{}
+		sc := &serverConn{c: srv}
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.serveConn(sc)
+		}()
+		// A pipe write returns once the server has read it all; closing
+		// then ends the connection without waiting out the idle timeout,
+		// while the answers to what was read are still made.
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		go func() {
+			_, _ = io.WriteString(client, in)
+			_ = client.Close()
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("server still serving %q after 5s with 1s timeouts", in)
+		}
+		client.Close()
+		if u := unchecked.Load(); u != nil {
+			t.Fatalf("%q reached the handler: %v", in, u)
 		}
 	})
 }
