@@ -67,6 +67,9 @@ func TestCacheThroughGateway(t *testing.T) {
 	if b.hits.Load() != hits {
 		t.Fatal("a hit reached the backend")
 	}
+	if cs := g.Status().Cache; cs.Hits != 1 || cs.Misses != 1 || cs.HitRatio != 0.5 {
+		t.Errorf("status counts hits %d misses %d ratio %v, want 1, 1, 0.5", cs.Hits, cs.Misses, cs.HitRatio)
+	}
 
 	t.Run("vary", func(t *testing.T) {
 		for range 2 {

@@ -58,7 +58,6 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case e != nil && fr != Fresh && e.UsableOnError(start):
 			stale = e
 		}
-		g.countCache(cachemiss)
 	}
 	if fallback {
 		g.metrics.fallback.Inc()
@@ -321,6 +320,9 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, w http.R
 		}
 	}
 	if cacheable {
+		// Counted here, where the backend's answer is relayed: a miss
+		// answered from a stale copy counts as stale only.
+		g.countCache(cachemiss)
 		h.Set("X-Cache", "MISS")
 	}
 	for k := range resp.Trailer {
