@@ -148,11 +148,7 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // it cannot be told to send a bearer header.
 func (s *Server) Guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, pass, ok := r.BasicAuth(); ok {
-			r = r.Clone(r.Context())
-			r.Header.Set("Authorization", "Bearer "+pass)
-		}
-		if ref := s.authorize(r, readAccess); ref != nil {
+		if ref := s.authorize(r, pageAccess); ref != nil {
 			if ref.status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Basic realm="cachebus"`)
 			}

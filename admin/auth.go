@@ -42,6 +42,9 @@ const (
 	readAccess access = iota
 	// adminAccess needs an allowed address and the token, which must be set.
 	adminAccess
+	// pageAccess is readAccess for a page a browser opens: the token may
+	// also come as the password of HTTP basic auth.
+	pageAccess
 )
 
 // refusal is why a call was not let through.
@@ -88,6 +91,12 @@ func (s *Server) authorize(r *http.Request, level access) *refusal {
 	if s.cfg.Token == "" {
 		if level == adminAccess {
 			return &refusal{http.StatusForbidden, "admin token not configured (set CACHEBUS_ADMIN_TOKEN)"}
+		}
+		return nil
+	}
+	if _, pass, ok := r.BasicAuth(); ok && level == pageAccess {
+		if !tokenEqual(strings.TrimSpace(pass), s.cfg.Token) {
+			return &refusal{http.StatusUnauthorized, "wrong admin token"}
 		}
 		return nil
 	}

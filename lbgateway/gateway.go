@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,11 +119,11 @@ func New(ctx context.Context, cfg Config, opts Options) (*Gateway, error) {
 		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"http/1.1"}}
 	}
-	g.transport = newTransport(&g.cfg)
-	g.checks = &http.Client{Transport: newTransport(&g.cfg), Timeout: cfg.HealthTimeout,
+	g.dialer = &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	g.transport = newTransport(&g.cfg, g.dialer)
+	g.checks = &http.Client{Transport: newTransport(&g.cfg, g.dialer), Timeout: cfg.HealthTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	g.pool = newPool(&g.cfg, log)
-	g.dialer = &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
 	g.pool.onAdd = g.addedLocked
 	g.status = g.statusHandler()
 	if opts.Guard != nil {
@@ -155,11 +156,31 @@ func randomSecret() string {
 	return base64.RawStdEncoding.EncodeToString(b)
 }
 
+// addedLocked readies a new backend: its connection pool and its active
+// checks. The pool's lock is held, so b is not yet in any view.
+func (g *Gateway) addedLocked(b *Backend) {
+	if b.URL.Scheme == "http" {
+		b.up = newUpstream(backendAddr(b.URL), g.dialer, g.cfg.BodyTimeout)
+	}
+	g.startChecksLocked(b)
+}
+
+// backendAddr is the host:port a backend URL is dialled at.
+func backendAddr(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
 // newTransport makes the connection pool to the backends: bounded
 // connect and response-header times, and enough idle connections per
 // backend that a busy gateway does not reconnect for every request.
-func newTransport(cfg *Config) *http.Transport {
-	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+func newTransport(cfg *Config, dialer *net.Dialer) *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
@@ -265,6 +286,15 @@ func (g *Gateway) Ready() error {
 	return nil
 }
 
+// Scheme is what clients speak to the gateway: https with a certificate,
+// http otherwise.
+func (g *Gateway) Scheme() string {
+	if g.tls != nil {
+		return "https"
+	}
+	return "http"
+}
+
 // ID is the gateway's id.
 func (g *Gateway) ID() string { return g.cfg.ID }
 
@@ -272,13 +302,12 @@ func (g *Gateway) ID() string { return g.cfg.ID }
 // gateway by heartbeat until ctx ends; then it stops accepting, lets requests in flight finish (up to
 // ShutdownTimeout), announces it is gone and returns.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	scheme := "http://"
 	if g.tls != nil {
-		ln, scheme = tls.NewListener(ln, g.tls), "https://"
+		ln = tls.NewListener(ln, g.tls)
 	}
 	if g.conn != nil {
 		hb, err := bus.StartHeartbeat(g.conn, bus.Heartbeat{ID: g.cfg.ID, Role: bus.RoleGateway,
-			Addr: scheme + ln.Addr().String(), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
+			Addr: g.Scheme() + "://" + ln.Addr().String(), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
 			h.Load = float64(g.inflight.Load())
 		})
 		if err != nil {

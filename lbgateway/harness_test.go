@@ -2,14 +2,12 @@ package lbgateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -208,10 +206,4 @@ func backendState(g *Gateway, id string) string {
 		}
 	}
 	return "absent"
-}
-
-// isConnRefused tells a refused connection from other errors.
-func isConnRefused(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && strings.Contains(op.Err.Error(), "refused")
 }

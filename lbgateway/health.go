@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 )
@@ -13,19 +12,6 @@ import (
 // HealthInterval once the gateway knows it. It starts up (the heartbeat or
 // the operator said it exists) and goes down after HealthFall bad checks
 // in a row, up again after HealthRise good ones, as HAProxy's rise/fall.
-
-// addedLocked readies a new backend: its connection pool and its active
-// checks. The pool's lock is held, so b is not yet in any view.
-func (g *Gateway) addedLocked(b *Backend) {
-	if b.URL.Scheme == "http" {
-		host := b.URL.Host
-		if b.URL.Port() == "" {
-			host = net.JoinHostPort(b.URL.Hostname(), "80")
-		}
-		b.up = newUpstream(host, g.dialer, g.cfg.BodyTimeout)
-	}
-	g.startChecksLocked(b)
-}
 
 // startChecksLocked starts b's active checks when they are configured.
 func (g *Gateway) startChecksLocked(b *Backend) {

@@ -89,7 +89,8 @@ func (g *Gateway) upgrade(w http.ResponseWriter, q *request, b *Backend) {
 		return
 	}
 	// The 101 goes to the client as the backend sent it.
-	if err := resp.Write(cbuf.Writer); err == nil {
+	err = resp.Write(cbuf.Writer)
+	if err == nil {
 		err = cbuf.Flush()
 	}
 	if err != nil {
@@ -104,14 +105,7 @@ func (g *Gateway) upgrade(w http.ResponseWriter, q *request, b *Backend) {
 // dialBackend opens a connection of its own to b, with TLS for an https
 // backend.
 func (g *Gateway) dialBackend(ctx context.Context, b *Backend) (net.Conn, error) {
-	host := b.URL.Host
-	if b.URL.Port() == "" {
-		port := "80"
-		if b.URL.Scheme == "https" {
-			port = "443"
-		}
-		host = net.JoinHostPort(b.URL.Hostname(), port)
-	}
+	host := backendAddr(b.URL)
 	c, err := g.dialer.DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, &connectError{addr: host, err: err}

@@ -58,7 +58,7 @@ func startDevGateway(ctx context.Context, d *devStack) error {
 		}
 		gw.Close()
 	})
-	url := "http://" + ln.Addr().String()
+	url := gw.Scheme() + "://" + ln.Addr().String()
 	d.readies = append(d.readies, gw.Ready)
 	d.sections["gateway"] = func() any { return gw.Status() }
 	d.say("gateway    %s   (status page %s/_cachebus/)", url, url)

@@ -141,10 +141,7 @@ func runGateway(ctx context.Context, env *runEnv, cfgAny any, args []string) err
 		}()
 		log.Info("gateway admin API listening", "url", run.url)
 	}
-	url := admin.URL(ln.Addr())
-	if cfg.Gateway.TLSCert != "" {
-		url = "https" + strings.TrimPrefix(url, "http")
-	}
+	url := gw.Scheme() + strings.TrimPrefix(admin.URL(ln.Addr()), "http")
 	log.Info("gateway listening", "url", url, "status", url+"/_cachebus/")
 	fmt.Fprintf(env.stdout, "gateway %s: %s\n", id, url)
 	return gw.Serve(ctx, ln)
