@@ -97,12 +97,20 @@ const (
 	errCodeStreamInvalidConfig  jetstream.ErrorCode = 10052
 )
 
+// errCodeNoSuitablePeers answers a replicated create while the cluster's
+// servers do not all know each other yet (status 400): it passes once the
+// routes are up, which on a loaded machine can take longer than the first
+// attempts.
+const errCodeNoSuitablePeers jetstream.ErrorCode = 10005
+
 func transient(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode {
 		case errCodeReplicasNotSupported, errCodeStreamInvalidConfig:
 			return false
+		case errCodeNoSuitablePeers:
+			return true
 		}
 		return apiErr.Code == 503 || apiErr.Code == 500
 	}
