@@ -207,6 +207,11 @@ func (s Subjects) StateBucket() string { return streamName("CACHEBUS_STATE", s.P
 // baseline and partition assignment: CACHEBUS_NODES for the default prefix.
 func (s Subjects) NodesBucket() string { return streamName("CACHEBUS_NODES", s.Prefix) }
 
+// BucketName is the name of a stream or KV bucket named base in this
+// hierarchy: base itself for the default prefix, else base with the prefix
+// appended, so that two hierarchies on one NATS never share one.
+func (s Subjects) BucketName(base string) string { return streamName(base, s.Prefix) }
+
 func streamName(base, prefix string) string {
 	if prefix == DefaultPrefix {
 		return base

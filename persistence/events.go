@@ -61,6 +61,15 @@ func EnsureEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstre
 	})
 }
 
+// EnsureKeyValue creates or updates the KV bucket cfg describes, retrying
+// while JetStream is not ready yet (a cluster still forming its routes or
+// electing its meta leader), until ctx ends. what names it in errors.
+func EnsureKeyValue(ctx context.Context, c *bus.Conn, what string, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return ensure(ctx, c, what, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return c.JS.CreateOrUpdateKeyValue(ctx, cfg)
+	})
+}
+
 // ensure retries create until it succeeds, fails for good, or ctx ends.
 func ensure[T any](ctx context.Context, c *bus.Conn, what string, create func(context.Context) (T, error)) (T, error) {
 	var zero T

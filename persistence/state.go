@@ -163,6 +163,22 @@ func (s *State) SetDrain(ctx context.Context, pub *bus.Publisher, role, id strin
 	return pub.Drain(ctx, role, id, d)
 }
 
+// ClearOwnDrain turns off the drain a previous run of member role/id left
+// on when it stopped: one whose origin is pub's (the member's own id) and
+// that began before started, this run's start. A drain an operator set
+// stays as it is. It reports the drain it cleared, if any, so a restarted
+// member does not stay draining in the state bucket and on status pages.
+func (s *State) ClearOwnDrain(ctx context.Context, cs ClusterState, pub *bus.Publisher, role, id string, started time.Time) (DrainState, bool, error) {
+	ds, on := cs.Draining(role, id)
+	if !on || ds.Origin != pub.Origin() || ds.Since.After(started) {
+		return DrainState{}, false, nil
+	}
+	if _, err := s.SetDrain(ctx, pub, role, id, bus.Drain{On: false}); err != nil {
+		return ds, false, fmt.Errorf("persistence: clear the drain of %s/%s left by its previous run: %w", role, id, err)
+	}
+	return ds, true, nil
+}
+
 // MarkDrained records that member role/id has finished draining, for
 // `cachebus drain --wait` and the status page.
 func (s *State) MarkDrained(ctx context.Context, role, id string) error {

@@ -248,15 +248,14 @@ func (a *announcer) followDrain(cs persistence.ClusterState) {
 // bucket and the status page do not keep a restarted app draining. A
 // drain an operator set stays as it is.
 func (a *announcer) clearLeftover(ctx context.Context, state *persistence.State, pub *bus.Publisher, cs persistence.ClusterState) {
-	ds, on := cs.Draining(bus.RoleApp, a.cfg.ID)
-	if !on || ds.Origin != pub.Origin() || ds.Since.After(a.started) {
-		return
-	}
-	if _, err := state.SetDrain(ctx, pub, bus.RoleApp, a.cfg.ID, bus.Drain{On: false}); err != nil {
+	ds, cleared, err := state.ClearOwnDrain(ctx, cs, pub, bus.RoleApp, a.cfg.ID, a.started)
+	if err != nil {
 		a.env.log.Warn("drain left by a previous run not cleared", "role", bus.RoleApp, "member", a.cfg.ID, "err", err)
 		return
 	}
-	fmt.Fprintf(a.env.stdout, "%s cleared the drain its previous run left (since %s)\n", a.key, ds.Since.Format(time.RFC3339))
+	if cleared {
+		fmt.Fprintf(a.env.stdout, "%s cleared the drain its previous run left (since %s)\n", a.key, ds.Since.Format(time.RFC3339))
+	}
 }
 
 var (

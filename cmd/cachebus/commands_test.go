@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -563,15 +566,20 @@ func TestDev(t *testing.T) {
 	}
 
 	var st admin.Status
-	bustest.WaitFor(t, 10*time.Second, "dev, its gateway and its cache node in its own status", func() bool {
+	bustest.WaitFor(t, 10*time.Second, "dev, its gateway, its cache node and its three apps in its own status", func() bool {
 		_, body := httpDo(t, "GET", adminURL[1]+"/v1/status", token[1], "")
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatalf("status: %v: %s", err, body)
 		}
-		return len(st.Members) == 3 && st.Members[0].Key() == "client/dev" && st.Members[1].Key() == "gateway/gw1" &&
-			st.Members[2].Key() == "node/node1"
+		var keys []string
+		for _, m := range st.Members {
+			keys = append(keys, m.Key())
+		}
+		return slices.Equal(keys, []string{"app/app1", "app/app2", "app/app3", "client/dev", "gateway/gw1", "node/node1"})
 	})
-	// The gateway serves, with no app behind it yet.
+	if st.EventLog == nil || st.EventLog.LastSeq != 2 {
+		t.Fatalf("status event log %+v", st.EventLog)
+	}
 	gw := regexp.MustCompile(`gateway +(http://\S+)`).FindStringSubmatch(banner)
 	if gw == nil {
 		t.Fatalf("banner has no gateway line:\n%s", banner)
@@ -579,13 +587,7 @@ func TestDev(t *testing.T) {
 	if code, body := httpDo(t, "GET", gw[1]+"/_cachebus/status.json", token[1], ""); code != 200 || !strings.Contains(body, `"id": "gw1"`) {
 		t.Fatalf("gateway status = %d %s", code, body)
 	}
-	if code, _ := httpDo(t, "GET", gw[1]+"/", "", ""); code != http.StatusServiceUnavailable {
-		t.Fatalf("gateway with no app answered %d, want 503", code)
-	}
-	if st.EventLog == nil || st.EventLog.LastSeq != 2 {
-		t.Fatalf("status event log %+v", st.EventLog)
-	}
-
+	checkDevDemo(t, gw[1], banner)
 	if code := d.stop(t); code != 0 {
 		t.Fatalf("dev exited %d after cancel:\n%s", code, d.err.String())
 	}
@@ -595,6 +597,72 @@ func TestDev(t *testing.T) {
 	if _, err := http.Get(adminURL[1] + "/healthz"); err == nil {
 		t.Fatal("admin API still answers after dev stopped")
 	}
+}
+
+// checkDevDemo walks the README's demo through dev's gateway: a product
+// page memoized, then recomputed after `cachebus expire`; a login whose
+// counter stays on one app server; /news cached, then purged by its tag.
+func checkDevDemo(t *testing.T, gw, banner string) {
+	t.Helper()
+	for _, w := range []string{"apps       app1 http://", "cachebus expire demo-pages product:1", "cachebus drain app app1 --wait"} {
+		if !strings.Contains(banner, w) {
+			t.Errorf("banner lacks %q:\n%s", w, banner)
+		}
+	}
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	get := func(method, path string, form url.Values) *http.Response {
+		t.Helper()
+		var resp *http.Response
+		var err error
+		if form != nil {
+			resp, err = browser.PostForm(gw+path, form)
+		} else {
+			req, _ := http.NewRequest(method, gw+path, nil)
+			resp, err = browser.Do(req)
+		}
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s = %d, want 200", method, path, resp.StatusCode)
+		}
+		return resp
+	}
+	// Logged in, the browser sticks to one app server, which memoizes.
+	get("POST", "/login", url.Values{"user": {"alice"}})
+	at := get("GET", "/products/1", nil).Header.Get("Demo-Computed-At")
+	app := ""
+	for i := 1; i <= 3; i++ {
+		r := get("POST", "/counter", nil)
+		if app == "" {
+			app = r.Header.Get("Demo-App")
+		}
+		if r.Header.Get("Demo-App") != app || r.Header.Get("Demo-Counter") != strconv.Itoa(i) {
+			t.Fatalf("POST /counter #%d from %s counter %s, want %s counter %d", i, r.Header.Get("Demo-App"), r.Header.Get("Demo-Counter"), app, i)
+		}
+	}
+	if again := get("GET", "/products/1", nil).Header.Get("Demo-Computed-At"); again != at || at == "" {
+		t.Fatalf("product 1 computed at %q then %q, want it memoized", at, again)
+	}
+	if code, out, errs := cmdRun(t, "", "expire", "demo-pages", "product:1"); code != 0 {
+		t.Fatalf("expire demo-pages: %d %s%s", code, out, errs)
+	}
+	bustest.WaitFor(t, 5*time.Second, "product 1 recomputed after the expire", func() bool {
+		return get("GET", "/products/1", nil).Header.Get("Demo-Computed-At") != at
+	})
+	news := get("GET", "/news", nil).Header.Get("Demo-Rendered-At")
+	if r := get("GET", "/news", nil); r.Header.Get("Demo-Rendered-At") != news || r.Header.Get("X-Cache") != "HIT" {
+		t.Fatalf("second GET /news rendered at %s (%s), want the gateway's cached copy of %s", r.Header.Get("Demo-Rendered-At"), r.Header.Get("X-Cache"), news)
+	}
+	if code, out, errs := cmdRun(t, "", "expire", "http", "--tag", "news"); code != 0 {
+		t.Fatalf("expire http --tag news: %d %s%s", code, out, errs)
+	}
+	bustest.WaitFor(t, 5*time.Second, "/news purged from the gateway", func() bool {
+		return get("GET", "/news", nil).Header.Get("Demo-Rendered-At") != news
+	})
 }
 
 // TestNATSDaemon runs `cachebus nats` with its admin API: it becomes

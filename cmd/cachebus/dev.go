@@ -26,6 +26,8 @@ type devConfig struct {
 	DataDir  string `ignored:"true"`
 	NATSPort int    `ignored:"true"`
 	Nodes    int    `ignored:"true"`
+	// Apps is how many demo app servers dev runs behind its gateway.
+	Apps int `ignored:"true"`
 	// GatewayAddr is where dev's gateway serves the app pool; "off" runs
 	// none.
 	GatewayAddr string `ignored:"true"`
@@ -35,7 +37,7 @@ func init() {
 	register(&command{
 		name:    "dev",
 		summary: "run cachebus on this machine: embedded NATS with JetStream, the admin API, cache nodes and a gateway, until Ctrl-C",
-		usage:   "[--data DIR] [--nats-port N] [--http ADDR] [--nodes N] [--gateway ADDR]",
+		usage:   "[--data DIR] [--nats-port N] [--http ADDR] [--nodes N] [--apps N] [--gateway ADDR]",
 		config:  func() any { return &devConfig{} },
 		flags: func(fs *flag.FlagSet, cfg any) {
 			c := cfg.(*devConfig)
@@ -43,6 +45,7 @@ func init() {
 			fs.IntVar(&c.NATSPort, "nats-port", 4222, "client port of the embedded NATS server (0 or -1: a free one)")
 			fs.StringVar(&c.HTTPAddr, "http", "", "address of the admin API (default: CACHEBUS_HTTP_ADDR, 127.0.0.1:7380; port 0: a free one)")
 			fs.StringVar(&c.GatewayAddr, "gateway", "127.0.0.1:8080", "address of the gateway in front of the apps (port 0: a free one; off: no gateway; the variables of `cachebus gateway -h` apply)")
+			fs.IntVar(&c.Apps, "apps", 3, "demo app servers to run behind the gateway, app1..appN, on free ports (0: none)")
 			fs.IntVar(&c.Nodes, "nodes", 1, "cache nodes to run, node1..nodeN, each on its own connection (0: none; the record and node variables of `cachebus node -h` apply)")
 		},
 		run: runDev,
@@ -81,6 +84,8 @@ type devStack struct {
 	admin    *admin.Server
 	adminURL string
 	token    string
+	// gatewayURL is where dev's gateway serves, once it does.
+	gatewayURL string
 
 	// sections are status sections parts add, by name.
 	sections map[string]func() any
@@ -112,6 +117,9 @@ func runDev(ctx context.Context, env *runEnv, cfgAny any, args []string) error {
 	}
 	if cfg.HTTPAddr == "" {
 		return usagef("--http: the admin API needs an address, such as 127.0.0.1:7380")
+	}
+	if cfg.Apps < 0 {
+		return usagef("--apps: want 0 or more, got %d", cfg.Apps)
 	}
 	if cfg.Nodes < 0 {
 		return usagef("--nodes: want 0 or more, got %d", cfg.Nodes)

@@ -62,12 +62,11 @@ func startDevGateway(ctx context.Context, d *devStack) error {
 	d.readies = append(d.readies, gw.Ready)
 	d.sections["gateway"] = func() any { return gw.Status() }
 	d.say("gateway    %s   (status page %s/_cachebus/)", url, url)
+	d.gatewayURL = url
 	d.examples = append(d.examples, func() []string {
 		return []string{
-			"Put an app behind the gateway (any language; the sidecar heartbeats for it):",
-			"  cachebus announce --id app1 --addr http://127.0.0.1:3000",
-			"Drain it (no new sessions, the old ones stay), waiting until it is drained:",
-			"  cachebus drain app app1 --wait",
+			"Put your own app behind the gateway (any language; the sidecar heartbeats for it):",
+			"  cachebus announce --id myapp --addr http://127.0.0.1:3000",
 		}
 	})
 	return nil
