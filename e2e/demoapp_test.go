@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -31,12 +30,7 @@ var (
 func demoappBinary(t *testing.T) string {
 	t.Helper()
 	demoOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cachebus-e2e-demoapp-")
-		if err != nil {
-			demoErr = err
-			return
-		}
-		demoBin = filepath.Join(dir, "demoapp")
+		demoBin = filepath.Join(binDir, "demoapp")
 		args := []string{"build", "-o", demoBin}
 		if raceEnabled {
 			args = append(args, "-race")

@@ -29,7 +29,17 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
+// binDir holds the binaries the tests build, removed after the run.
+var binDir string
+
 func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "cachebus-e2e-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binDir = dir
 	if bin := os.Getenv("CACHEBUS_E2E_BIN"); bin != "" {
 		abs, err := filepath.Abs(bin)
 		if err == nil {
@@ -42,12 +52,6 @@ func run(m *testing.M) int {
 		cachebusBin = abs
 		return m.Run()
 	}
-	dir, err := os.MkdirTemp("", "cachebus-e2e-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
 	cachebusBin = filepath.Join(dir, "cachebus")
 	if err := build(cachebusBin); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
