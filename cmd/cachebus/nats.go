@@ -17,6 +17,7 @@ type natsConfig struct {
 	bus.ServerConfig
 	persistence.EventLogConfig
 	persistence.StateConfig
+	persistence.NodesConfig
 	admin.Config
 	NodeAuth
 	Prefix         string        `envconfig:"PREFIX" default:"cachebus" desc:"subject prefix of the cachebus hierarchy"`
@@ -74,7 +75,7 @@ func runNATS(ctx context.Context, env *runEnv, cfgAny any, args []string) error 
 	// leader, which needs the peers: the node serves meanwhile, not ready.
 	var (
 		mu       sync.Mutex
-		notReady = errors.New("waiting for JetStream to create the event log and the state bucket")
+		notReady = errors.New("waiting for JetStream to create the event log, the state bucket and the nodes bucket")
 	)
 	ready := func() error {
 		if err := admin.ConnReady(conn); err != nil {
@@ -141,14 +142,25 @@ func runNATS(ctx context.Context, env *runEnv, cfgAny any, args []string) error 
 			}
 			return
 		}
+		// The cache tier's baseline bucket too, so that it gets the
+		// cluster's replicas before a cache node creates it with one.
+		if _, err := persistence.OpenNodes(ensureCtx, conn, cfg.NodesConfig); err != nil {
+			if ensureCtx.Err() == nil {
+				env.log.Error("nodes bucket not created", "err", err)
+				mu.Lock()
+				notReady = err
+				mu.Unlock()
+			}
+			return
+		}
 		if adm != nil {
 			adm.SetState(st)
 		}
 		mu.Lock()
 		notReady = nil
 		mu.Unlock()
-		env.log.Info("event log and state bucket ready", "stream", conn.Subjects.EventStream(),
-			"bucket", conn.Subjects.StateBucket(), "replicas", cfg.EventLogConfig.Replicas)
+		env.log.Info("event log, state and nodes buckets ready", "stream", conn.Subjects.EventStream(),
+			"state", conn.Subjects.StateBucket(), "nodes", conn.Subjects.NodesBucket(), "replicas", cfg.EventLogConfig.Replicas)
 	}()
 
 	<-ctx.Done()
