@@ -2,6 +2,8 @@ package bus
 
 import (
 	"context"
+	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -120,4 +122,20 @@ func (h *Heartbeater) Stop(ctx context.Context) {
 	if err := h.c.NC.FlushWithContext(ctx); err != nil {
 		h.c.Log.Warn("gone heartbeat not flushed", "err", err)
 	}
+}
+
+// Reachable is the host:port others reach a listener at, for the addr of
+// a heartbeat: its address, or the host name with its port when it
+// listens on every interface (0.0.0.0 or [::], as in a container).
+func Reachable(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -124,7 +123,7 @@ func (a *App) URL() string {
 func (a *App) Announce(ln net.Listener) error {
 	url := a.cfg.AppURL
 	if url == "" {
-		url = advertised(ln.Addr())
+		url = "http://" + bus.Reachable(ln.Addr())
 	}
 	a.mu.Lock()
 	announced := a.hb != nil
@@ -155,21 +154,6 @@ func (a *App) Serve(ln net.Listener) error {
 		return fmt.Errorf("demoapp: %w", err)
 	}
 	return nil
-}
-
-// advertised is the URL of a listener: its address, or the host name
-// with its port when it listens on every interface.
-func advertised(addr net.Addr) string {
-	host, port, err := net.SplitHostPort(addr.String())
-	if err != nil {
-		return "http://" + addr.String()
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		if h, err := os.Hostname(); err == nil {
-			host = h
-		}
-	}
-	return "http://" + net.JoinHostPort(host, port)
 }
 
 // beat updates the heartbeat before it is sent.

@@ -307,7 +307,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if g.conn != nil {
 		hb, err := bus.StartHeartbeat(g.conn, bus.Heartbeat{ID: g.cfg.ID, Role: bus.RoleGateway,
-			Addr: g.Scheme() + "://" + ln.Addr().String(), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
+			Addr: g.Scheme() + "://" + bus.Reachable(ln.Addr()), Version: g.opts.Version}, g.cfg.Interval, func(h *bus.Heartbeat) {
 			h.Load = float64(g.inflight.Load())
 		})
 		if err != nil {
