@@ -291,9 +291,10 @@ func (s *composeStack) cleanup() {
 		s.t.Errorf("containers of %s left after down: %q %v", s.project, out, err)
 	}
 	for _, img := range []string{s.image, s.image + "-build"} {
-		if out, err := composeExec(time.Minute, nil, "", "docker", "image", "inspect", img); err != nil {
+		if _, err := composeExec(time.Minute, nil, "", "docker", "image", "inspect", img); err != nil {
 			continue // never built
-		} else if out, err = composeExec(time.Minute, nil, "", "docker", "rmi", img); err != nil {
+		}
+		if out, err := composeExec(time.Minute, nil, "", "docker", "rmi", img); err != nil {
 			s.t.Errorf("docker rmi %s: %v\n%s", img, err, out)
 		}
 	}
