@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cachebus/cachebus/bench"
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
+	"github.com/cachebus/cachebus/persistence"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// benchReplayNS is the namespace `cachebus bench replay` loads and
+// replays; it purges it first, so it must not hold records that matter.
+const benchReplayNS = "bench-replay"
+
+// runBenchReplay loads --records records of --size bytes into the record
+// log, then replays every partition into a cache node's store, round after
+// round, alternating with a raw ordered consumer reading the same
+// messages: the records/s of each and their ratio, measured side by side so
+// that a busy machine slows both alike. With CACHEBUS_RECORD_KEY set the
+// records are sealed, and the replay opens them.
+func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
+	if cfg.Records <= 0 || cfg.Size < 0 {
+		return usagef("replay: --records must be positive and --size not negative")
+	}
+	rounds := cfg.Rounds
+	if rounds <= 0 {
+		rounds = 3
+	}
+	machine := bench.ThisMachine()
+	url := cfg.NATS
+	if url == "" {
+		dir, err := os.MkdirTemp("", "cachebus-bench-replay-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: -1, StoreDir: dir}, env.log)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		url = srv.ClientURL()
+	}
+	c, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Prefix: bus.DefaultPrefix, Name: "cachebus-bench-replay"},
+		bus.WithLogger(env.log))
+	if err != nil {
+		return err
+	}
+	defer c.NC.Close()
+	log, err := persistence.OpenRecordLog(ctx, c, persistence.RecordLogConfig{Key: os.Getenv("CACHEBUS_RECORD_KEY")})
+	if err != nil {
+		return err
+	}
+	st, err := c.JS.Stream(ctx, log.Stream())
+	if err != nil {
+		return err
+	}
+	filter := c.Subjects.Records() + ".log." + benchReplayNS + ".*.*"
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(filter)); err != nil {
+		return fmt.Errorf("replay: purge %s: %w", filter, err)
+	}
+
+	start := time.Now()
+	value := make([]byte, cfg.Size)
+	for i := range value {
+		value[i] = 'a' + byte(i%26)
+	}
+	exp := time.Now().Add(time.Hour)
+	const chunk = 10_000
+	recs := make([]persistence.Record, 0, chunk)
+	for i := 0; i < cfg.Records; i += chunk {
+		recs = recs[:0]
+		for j := i; j < min(i+chunk, cfg.Records); j++ {
+			k := "session:" + strconv.Itoa(j)
+			recs = append(recs, persistence.Record{NS: benchReplayNS, Partition: partition.PartitionOf(k), Key: k, Value: value, Expires: exp})
+		}
+		if err := log.WriteAll(ctx, recs); err != nil {
+			return fmt.Errorf("replay: load: %w", err)
+		}
+	}
+	load := time.Since(start)
+
+	// Replay reads a namespace that is all the stream holds without a
+	// filter; the raw read does as it does, to compare like with like.
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	rawFilter := filter
+	if info.State.Msgs == uint64(cfg.Records) {
+		rawFilter = ""
+	}
+	all := make([]int, partition.Partitions)
+	for i := range all {
+		all[i] = i
+	}
+	// Room for every record twice over: bigcache overwrites the oldest
+	// entries of a full shard, which would lose records, not time.
+	maxMB := max(64, cfg.Records*(cfg.Size+96)*2>>20)
+	var rawTime, replayTime, best time.Duration
+	var replayed int64
+	var how string
+	for range rounds {
+		t0 := time.Now()
+		n, err := rawOrderedRead(ctx, c.JS, log.Stream(), rawFilter, cfg.Records)
+		if err != nil {
+			return err
+		}
+		rawTime += time.Since(t0)
+		if n != int64(cfg.Records) {
+			return fmt.Errorf("replay: raw read %d of %d records", n, cfg.Records)
+		}
+
+		store := cachenode.NewStore(cachenode.StoreConfig{MaxMB: maxMB, MaxTTL: 2 * time.Hour, Log: env.log})
+		t0 = time.Now()
+		rs, err := log.Replay(ctx, benchReplayNS, all, func(r persistence.Record) error {
+			if r.Deleted {
+				store.Delete(r.NS, r.Key)
+				return nil
+			}
+			return store.SetUntil(r.NS, r.Key, r.Value, r.Expires.UnixNano())
+		}, nil)
+		took := time.Since(t0)
+		entries := store.Stats(benchReplayNS).Entries
+		store.Close()
+		if err != nil {
+			return err
+		}
+		if rs.Records != int64(cfg.Records) || rs.Rejected != 0 || entries != cfg.Records {
+			return fmt.Errorf("replay: %d records replayed, %d rejected, %d in memory; want %d", rs.Records, rs.Rejected, entries, cfg.Records)
+		}
+		replayTime += took
+		replayed += rs.Records
+		how = rs.Filter
+		if best == 0 || took < best {
+			best = took
+		}
+	}
+	_ = st.Purge(ctx, jetstream.WithPurgeSubject(filter))
+
+	rate := func(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() }
+	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "machine\t%s\n", machine)
+	fmt.Fprintf(w, "records\t%d of %d bytes (sealed: %v, server message TTLs: %v)\n", cfg.Records, cfg.Size, log.Sealed(), log.MsgTTL())
+	fmt.Fprintf(w, "load\t%s, %.0f records/s, each acknowledged\n", load.Round(time.Millisecond), rate(int64(cfg.Records), load))
+	fmt.Fprintf(w, "raw ordered consumer\t%.0f records/s (filter %q)\n", rate(int64(rounds*cfg.Records), rawTime), rawFilter)
+	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw; filter %s)\n", rate(replayed, replayTime), rawTime.Seconds()/replayTime.Seconds(), how)
+	fmt.Fprintf(w, "ready\t%s for %d records (best of %d rounds)\n", best.Round(time.Millisecond), cfg.Records, rounds)
+	return w.Flush()
+}
+
+// rawOrderedRead counts want messages of filter (none: the whole stream)
+// with an ordered consumer set up as Replay sets up its own, touching
+// nothing else: the ceiling of a replay.
+func rawOrderedRead(ctx context.Context, js jetstream.JetStream, stream, filter string, want int) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if filter != "" {
+		cfg.FilterSubjects = []string{filter}
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return 0, err
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	cc, err := cons.Consume(func(jetstream.Msg) {
+		if got.Add(1) == int64(want) {
+			close(done)
+		}
+	}, jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	select {
+	case <-done:
+		return got.Load(), nil
+	case <-ctx.Done():
+		return got.Load(), errors.New("replay: raw read timed out")
+	}
+}
