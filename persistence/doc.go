@@ -3,7 +3,7 @@
 // the current fallback and the set of drains), the baseline and its
 // partition assignment (CACHEBUS_NODES) and the log of long-term records
 // (CACHEBUS_RECORDS: one message per key, optionally sealed with AES-GCM,
-// replayed by partition), which the cache nodes are yet to be wired to.
+// replayed by partition), which the cache nodes write and read back.
 //
 // Streams and buckets are created or updated idempotently by every daemon
 // at start, with limits and replicas from its Config, so no operator step

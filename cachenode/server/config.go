@@ -8,6 +8,7 @@ import (
 	"github.com/cachebus/cachebus/cachenode"
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/cachebus/cachebus/persistence"
 )
 
 // Config configures a cache node. Its envconfig tags are read under
@@ -33,6 +34,10 @@ type Config struct {
 	HandoverBatchBytes int           `envconfig:"NODE_HANDOVER_BATCH" default:"262144" desc:"bytes per batch when a partition is copied to its new owner"`
 
 	bus.HeartbeatConfig
+	// RecordLogConfig names the long-term namespaces, whose writes are
+	// also kept in JetStream and replayed when a node takes partitions no
+	// live node holds.
+	persistence.RecordLogConfig
 }
 
 // storeShards is the bigcache shard count of a node's namespaces.
@@ -62,6 +67,10 @@ func (c *Config) check() error {
 	setDefault(&c.MaxMB, 256)
 	setDefault(&c.Workers, 64)
 	setDefault(&c.HandoverBatchBytes, 256<<10)
+	if len(c.LongTerm) > 0 && c.MaxKey > persistence.MaxRecordKeyLen {
+		return fmt.Errorf("server: CACHEBUS_RECORD_MAX_KEY must be at most %d bytes with long-term namespaces (CACHEBUS_LONG_TERM), got %d",
+			persistence.MaxRecordKeyLen, c.MaxKey)
+	}
 	if c.MaxKey > 4096 {
 		return fmt.Errorf("server: CACHEBUS_RECORD_MAX_KEY must be at most 4096 bytes, got %d", c.MaxKey)
 	}

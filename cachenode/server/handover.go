@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/topology"
 	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go"
 )
 
@@ -65,6 +67,7 @@ func (s *Server) reconcile() {
 	from := map[string][]int{}
 	var drop, empty topology.Holds
 	var dropped, taken, restored int
+	var replay []int
 	s.mu.Lock()
 	for p := range partition.Partitions {
 		owner := slices.Contains(a.Owners[p], s.cfg.ID)
@@ -83,6 +86,11 @@ func (s *Server) reconcile() {
 			case prim != "" && prim != s.cfg.ID:
 				from[prim] = append(from[prim], p)
 				s.suspect.Set(p, false)
+			case prim == "" && settled && s.recLog != nil:
+				// Its long-term records are in the record log: read
+				// them back before serving it.
+				s.syncing.Set(p, true)
+				replay = append(replay, p)
 			case prim == "" && settled:
 				s.holds.Set(p, true)
 				empty.Set(p, true)
@@ -124,6 +132,10 @@ func (s *Server) reconcile() {
 	for src, parts := range from {
 		s.bg.Add(1)
 		go s.syncFrom(src, parts)
+	}
+	if len(replay) > 0 {
+		s.bg.Add(1)
+		go s.replayFromLog(replay)
 	}
 }
 
@@ -419,4 +431,93 @@ func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
 	}
 	s.log.Info("partitions copied to peer", "to", node, "partitions", parts, "records", n,
 		"took", time.Since(start).Round(time.Millisecond))
+}
+
+// replayFromLog takes partitions parts, which no live node holds, with
+// the long-term records the record log keeps of them: the node serves
+// them only once every long-term namespace is read back. Writes made
+// meanwhile reach it by replication; the replay never overwrites a newer
+// version. On failure it holds nothing of them, and the next
+// reconciliation tries again.
+func (s *Server) replayFromLog(parts []int) {
+	defer s.bg.Done()
+	var set topology.Holds
+	for _, p := range parts {
+		set.Set(p, true)
+	}
+	ok := false
+	defer func() {
+		s.mu.Lock()
+		for _, p := range parts {
+			s.syncing.Set(p, false)
+			if ok {
+				s.holds.Set(p, true)
+			}
+		}
+		s.mu.Unlock()
+		if ok {
+			s.hb.Announce()
+		} else {
+			// Try again once the failure is a reconciliation away.
+			go func() {
+				select {
+				case <-time.After(time.Second):
+					s.poke()
+				case <-s.done:
+				}
+			}()
+		}
+	}()
+	// Leftovers of an earlier ownership may be older than deletes since.
+	s.clear(&set)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	var records, bytes int64
+	for _, ns := range s.cfg.LongTerm {
+		lastLog := time.Now()
+		st, err := s.recLog.Replay(ctx, ns, parts, func(r persistence.Record) error {
+			if r.Deleted {
+				return nil // a node taking a partition empty has nothing to delete
+			}
+			e := wire.Entry{NS: r.NS, Key: r.Key, Version: r.Version, Value: r.Value, Deadline: r.Expires.UnixNano()}
+			if r.Expires.IsZero() {
+				e.Deadline = time.Now().Add(s.cfg.DefaultTTL).UnixNano()
+			}
+			if _, err := s.rec.apply(&e); err != nil {
+				s.log.Warn("replayed record not stored", "ns", r.NS, "key", r.Key, "err", err)
+			}
+			return nil
+		}, func(pr persistence.ReplayProgress) {
+			if time.Since(lastLog) < 2*time.Second {
+				return
+			}
+			lastLog = time.Now()
+			s.log.Info("replaying long-term records", "ns", ns, "partitions", len(parts), "records", pr.Records,
+				"bytes", pr.Bytes, "rate", int64(pr.Rate), "percent", fmt.Sprintf("%.0f", pr.Percent))
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("long-term records not replayed: the partitions wait", "ns", ns, "partitions", len(parts), "err", err)
+			}
+			return
+		}
+		records += st.Records
+		bytes += st.Bytes
+		if st.Rejected > 0 {
+			s.log.Warn("bad messages skipped in the record log", "ns", ns, "rejected", st.Rejected)
+		}
+	}
+	ok = true
+	took := time.Since(start)
+	s.log.Info("took partitions no live node held, with their long-term records", "partitions", len(parts),
+		"records", records, "bytes", bytes, "took", took.Round(time.Millisecond),
+		"rate", int64(float64(records)/max(took.Seconds(), 1e-9)))
 }

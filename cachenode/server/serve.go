@@ -8,6 +8,7 @@ import (
 
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go"
 )
 
@@ -127,11 +128,17 @@ func (s *Server) local(ctx context.Context, req *wire.Request, p int) wire.Reply
 			}
 			e.Deadline = now.Add(min(ttl, s.cfg.MaxTTL)).UnixNano()
 		}
-		if err := s.rec.write(&e); err != nil {
-			return wire.ErrorReply(err)
-		}
-		if err := s.replicate(ctx, p, &e); err != nil {
-			return wire.ErrorReply(err)
+		if s.recLog != nil && s.recLog.LongTerm(e.NS) {
+			if err := s.writeLongTerm(ctx, p, &e); err != nil {
+				return wire.ErrorReply(err)
+			}
+		} else {
+			if err := s.rec.write(&e); err != nil {
+				return wire.ErrorReply(err)
+			}
+			if err := s.replicate(ctx, p, &e); err != nil {
+				return wire.ErrorReply(err)
+			}
 		}
 		return wire.Reply{Status: wire.StatusOK, Item: wire.Item{Found: true, Version: e.Version,
 			Expires: e.Deadline / int64(time.Millisecond)}}
@@ -209,4 +216,32 @@ func (s *Server) mget(ctx context.Context, req *wire.Request) wire.Reply {
 		return wire.ErrorReply(wire.Errorf(wire.CodeUnavailable, "mget: %v", failed))
 	}
 	return wire.Reply{Status: wire.StatusOK, Items: items}
+}
+
+// writeLongTerm stores a write of a long-term namespace here, replicates
+// it to the partition's backups and keeps it in the record log, and
+// answers only once JetStream has acknowledged it too: an acknowledged
+// long-term write outlives every node. The key's writes go to the log
+// one at a time, in version order, since the log keeps a key's last.
+func (s *Server) writeLongTerm(ctx context.Context, p int, e *wire.Entry) error {
+	mu := &s.persist[stripe(e.NS, e.Key)]
+	mu.Lock()
+	defer mu.Unlock()
+	if err := s.rec.write(e); err != nil {
+		return err
+	}
+	logged := make(chan error, 1)
+	go func() {
+		r := persistence.Record{NS: e.NS, Partition: p, Key: e.Key, Version: e.Version, Deleted: e.Deleted}
+		if !e.Deleted {
+			r.Value, r.Expires = e.Value, time.Unix(0, e.Deadline)
+		}
+		_, err := s.recLog.Write(ctx, r)
+		logged <- err
+	}()
+	rerr := s.replicate(ctx, p, e)
+	if err := <-logged; err != nil {
+		return wire.Errorf(wire.CodeUnavailable, "stored on %s but not kept in the record log: %v", s.cfg.ID, err)
+	}
+	return rerr
 }

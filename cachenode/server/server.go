@@ -50,6 +50,11 @@ type Server struct {
 	follower *persistence.Follower
 	events   *bus.Subscriber
 	hb       *bus.Heartbeater
+	// recLog keeps the long-term namespaces' writes; nil without any.
+	recLog *persistence.RecordLog
+	// persist orders the writes of a long-term key: the log keeps the
+	// last message of a key, so a key's writes reach it one at a time.
+	persist [256]sync.Mutex
 
 	reqSubs  []*nats.Subscription // direct and any-node
 	peerSubs []*nats.Subscription // replication and handover
@@ -109,6 +114,20 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	}()
 	if err := s.openBus(ctx); err != nil {
 		return nil, err
+	}
+	if len(cfg.LongTerm) > 0 {
+		reg := opts.Registerer
+		if reg != nil {
+			reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": cfg.ID}, reg)
+		}
+		if s.recLog, err = persistence.OpenRecordLog(ctx, s.c, cfg.RecordLogConfig,
+			persistence.WithRecordMetrics(persistence.NewRecordMetrics(reg))); err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		if !s.recLog.Sealed() {
+			s.log.Warn("long-term records are stored in JetStream unencrypted: set CACHEBUS_RECORD_KEY (32 bytes, base64) if they hold session tokens",
+				"namespaces", cfg.LongTerm, "stream", s.recLog.Stream())
+		}
 	}
 	// The node hears its peers from now on, not from when it started:
 	// opening the buckets may take longer than a failure timeout.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/cachebus/cachebus/bus"
@@ -32,6 +33,11 @@ func startDevNodes(ctx context.Context, d *devStack) error {
 		ids[i] = fmt.Sprintf("node%d", i+1)
 	}
 	base.Baseline = ids
+	// The demo's logins are long-term unless the variable says otherwise:
+	// kept in JetStream and read back by a node that restarts.
+	if _, set := os.LookupEnv(envPrefix + "_LONG_TERM"); !set {
+		base.LongTerm = []string{"sessions"}
+	}
 	base.HeartbeatConfig = d.cfg.HeartbeatConfig
 
 	nodes := make([]*server.Server, 0, len(ids))
@@ -72,7 +78,8 @@ func startDevNodes(ctx context.Context, d *devStack) error {
 		}
 		return out
 	}
-	d.say("nodes      %s (records at /v1/records/{ns}/{key}, served through %s)", strings.Join(ids, " "), ids[0])
+	d.say("nodes      %s (records at /v1/records/{ns}/{key}, served through %s; long-term: %s)", strings.Join(ids, " "), ids[0],
+		strings.Join(base.LongTerm, ","))
 	d.examples = append(d.examples, func() []string {
 		url := d.adminURL + server.RecordsPattern + "sessions/s1"
 		auth := "-H 'Authorization: Bearer " + d.token + "'"
