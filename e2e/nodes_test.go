@@ -68,6 +68,13 @@ type cacheNode struct {
 // natsURL, the ids being the first baseline, each with its own admin port.
 func startCacheNodes(t *testing.T, natsURL string, ids ...string) []*cacheNode {
 	t.Helper()
+	return startCacheNodesWith(t, natsURL, nil, ids...)
+}
+
+// startCacheNodesWith is startCacheNodes with the variables of extra added
+// to every node's environment.
+func startCacheNodesWith(t *testing.T, natsURL string, extra map[string]string, ids ...string) []*cacheNode {
+	t.Helper()
 	nodes := make([]*cacheNode, len(ids))
 	for i, id := range ids {
 		n := &cacheNode{id: id, httpAddr: freeAddr(t)}
@@ -80,6 +87,9 @@ func startCacheNodes(t *testing.T, natsURL string, ids ...string) []*cacheNode {
 			"CACHEBUS_BACKUPS":            "1",
 			"CACHEBUS_HEARTBEAT_INTERVAL": nodeHeartbeat.String(),
 			"CACHEBUS_FAILURE_TIMEOUT":    nodeFailureTimeout.String(),
+		}
+		for k, v := range extra {
+			n.env[k] = v
 		}
 		n.start(t)
 		nodes[i] = n

@@ -3,3 +3,7 @@
 package e2e
 
 const raceEnabled = false
+
+// longTermRecords is how many long-term records TestLongTermSurvivesSIGKILL
+// writes: the 100,000 of issue 6.
+const longTermRecords = 100_000

@@ -3,3 +3,7 @@
 package e2e
 
 const raceEnabled = true
+
+// longTermRecords is how many long-term records TestLongTermSurvivesSIGKILL
+// writes: fewer under the race detector, which slows every write.
+const longTermRecords = 10_000

@@ -1,0 +1,133 @@
+//go:build unix
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/cachenode"
+)
+
+// TestLongTermSurvivesSIGKILL writes long-term records through a lone
+// `cachebus node` process, deletes every tenth, SIGKILLs the node and
+// starts it again: before it says ready it has read the records back from
+// JetStream, and it serves every acknowledged record with its value and
+// none of the deleted ones.
+func TestLongTermSurvivesSIGKILL(t *testing.T) {
+	nats := startNATS(t)
+	node := startCacheNodesWith(t, nats.url, map[string]string{
+		"CACHEBUS_LONG_TERM":  recordsNS,
+		"CACHEBUS_RECORD_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}, "lt1")[0]
+	node.waitReady(t, 30*time.Second)
+	cl := nodeClient(t, nats.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	key := func(i int) string { return fmt.Sprintf("session:%06d", i) }
+	value := func(i int) string { return fmt.Sprintf("token-%d-%x", i, i*7919) }
+	start := time.Now()
+	parallel(ctx, t, longTermRecords, func(i int) error {
+		if i%10 == 0 {
+			if _, err := cl.Put(ctx, recordsNS, key(i), []byte("doomed"), time.Hour); err != nil {
+				return err
+			}
+			return cl.Delete(ctx, recordsNS, key(i))
+		}
+		_, err := cl.Put(ctx, recordsNS, key(i), []byte(value(i)), time.Hour)
+		return err
+	})
+	took := time.Since(start)
+	t.Logf("%d long-term records written and acknowledged in %s (%.0f/s)", longTermRecords, took.Round(time.Millisecond),
+		float64(longTermRecords)/took.Seconds())
+
+	node.p.Signal(syscall.SIGKILL)
+	node.p.Wait(10 * time.Second)
+	restart := time.Now()
+	node.start(t)
+	node.waitReady(t, 2*time.Minute)
+	t.Logf("restarted node ready in %s", time.Since(restart).Round(time.Millisecond))
+
+	const batch = 500
+	for from := 0; from < longTermRecords; from += batch {
+		keys := make([]string, 0, batch)
+		for i := from; i < min(from+batch, longTermRecords); i++ {
+			keys = append(keys, key(i))
+		}
+		got, err := cl.GetMulti(ctx, recordsNS, keys)
+		if err != nil {
+			t.Fatalf("get %s…: %v", keys[0], err)
+		}
+		for i := from; i < min(from+batch, longTermRecords); i++ {
+			rec, found := got[key(i)]
+			switch {
+			case i%10 == 0 && found:
+				t.Fatalf("%s was deleted before the kill, and is back: %q", key(i), rec.Value)
+			case i%10 != 0 && (!found || string(rec.Value) != value(i)):
+				t.Fatalf("%s after the kill: found %v, %q; want %q", key(i), found, rec.Value, value(i))
+			}
+		}
+	}
+}
+
+// nodeClient is a cache tier client on its own connection to natsURL.
+func nodeClient(t *testing.T, natsURL string) *cachenode.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := cachenode.NewClient(ctx, connect(t, natsURL), cachenode.ClientOptions{FailureTimeout: nodeFailureTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// parallel runs op for 0..n-1 on 32 goroutines and fails the test on the
+// first error.
+func parallel(ctx context.Context, t *testing.T, n int, op func(i int) error) {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	next := make(chan int)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := op(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("op %d: %w", i, err)
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	if first != nil {
+		t.Fatal(first)
+	}
+}
