@@ -507,11 +507,24 @@ func RecordStreamConfig(s bus.Subjects, cfg RecordLogConfig, msgTTL bool) jetstr
 	}
 }
 
+// BindRecordLog opens the record log's stream as the cache nodes left it,
+// changing nothing of its configuration (replicas, limits): for commands
+// such as `cachebus rekey`, which must not undo an operator's settings.
+// cfg gives the keys and the long-term namespaces. When the stream does
+// not exist the error wraps jetstream.ErrStreamNotFound.
+func BindRecordLog(ctx context.Context, c *bus.Conn, cfg RecordLogConfig, opts ...RecordLogOption) (*RecordLog, error) {
+	return openRecordLog(ctx, c, cfg, false, opts...)
+}
+
 // OpenRecordLog creates the record log's stream, or updates its limits
 // and replicas, retrying while JetStream is not ready until ctx ends. It
 // asks for per-message TTLs and goes on without them on a server that
 // has none (before 2.11): expiry is enforced on read either way.
 func OpenRecordLog(ctx context.Context, c *bus.Conn, cfg RecordLogConfig, opts ...RecordLogOption) (*RecordLog, error) {
+	return openRecordLog(ctx, c, cfg, true, opts...)
+}
+
+func openRecordLog(ctx context.Context, c *bus.Conn, cfg RecordLogConfig, configure bool, opts ...RecordLogOption) (*RecordLog, error) {
 	l := &RecordLog{c: c, longTerm: map[string]bool{}}
 	for _, ns := range cfg.LongTerm {
 		if ns = strings.TrimSpace(ns); ns == "" {
@@ -549,6 +562,15 @@ func OpenRecordLog(ctx context.Context, c *bus.Conn, cfg RecordLogConfig, opts .
 
 	sc := RecordStreamConfig(c.Subjects, cfg, true)
 	l.name = sc.Name
+	if !configure {
+		st, err := c.JS.Stream(ctx, sc.Name)
+		if err != nil {
+			return nil, fmt.Errorf("persistence: record log %s (created by the cache nodes with long-term namespaces): %w", sc.Name, err)
+		}
+		l.stream = st
+		l.msgTTL = st.CachedInfo().Config.AllowMsgTTL
+		return l, nil
+	}
 	create := func(sc jetstream.StreamConfig) (jetstream.Stream, error) {
 		return ensure(ctx, c, "record log "+sc.Name, func(ctx context.Context) (jetstream.Stream, error) {
 			return c.JS.CreateOrUpdateStream(ctx, sc)
