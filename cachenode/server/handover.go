@@ -481,8 +481,16 @@ func (s *Server) replayFromLog(parts []int) {
 	}()
 	start := time.Now()
 	var records, bytes int64
+	defer func() {
+		s.mu.Lock()
+		s.replaying = nil
+		s.mu.Unlock()
+	}()
 	for _, ns := range s.cfg.LongTerm {
 		lastLog := time.Now()
+		s.mu.Lock()
+		s.replaying = &ReplayStatus{NS: ns, Partitions: len(parts), Since: start.UTC().Format(time.RFC3339)}
+		s.mu.Unlock()
 		st, err := s.recLog.Replay(ctx, ns, parts, func(r persistence.Record) error {
 			if r.Deleted {
 				return nil // a node taking a partition empty has nothing to delete
@@ -496,6 +504,10 @@ func (s *Server) replayFromLog(parts []int) {
 			}
 			return nil
 		}, func(pr persistence.ReplayProgress) {
+			s.mu.Lock()
+			s.replaying = &ReplayStatus{NS: ns, Partitions: len(parts), Records: pr.Records, Bytes: pr.Bytes,
+				Percent: pr.Percent, Rate: pr.Rate, Since: start.UTC().Format(time.RFC3339)}
+			s.mu.Unlock()
 			if time.Since(lastLog) < 2*time.Second {
 				return
 			}

@@ -58,8 +58,11 @@ func TestLongTermRecordsSurviveRestart(t *testing.T) {
 			}
 
 			cl.crash("n1")
-			cl.start("n1", []string{"n1"})
+			restarted := cl.start("n1", []string{"n1"})
 			cl.waitReady()
+			if st := restarted.Status(); st.Replay != nil || st.Records < n-n/10 {
+				t.Fatalf("status once ready: replay %+v, %d records; want no replay under way and at least %d records", st.Replay, st.Records, n-n/10)
+			}
 			for i := range n {
 				key := fmt.Sprintf("s%d", i)
 				rec, err := client.Get(ctx, "sessions", key)

@@ -70,6 +70,9 @@ type Server struct {
 	holds   topology.Holds // partitions whose data this node holds
 	suspect topology.Holds // held before a disconnect, not announced since
 	syncing topology.Holds // partitions being copied from a peer
+	// replaying is the progress of a replay from the record log, while
+	// one runs.
+	replaying *ReplayStatus
 
 	// settleFrom is when the node started or last reconnected: after a
 	// failure timeout from then it has heard every live peer.

@@ -31,6 +31,20 @@ type Status struct {
 	Nodes   []string `json:"nodes"`
 	Records int      `json:"records"`
 	Uptime  string   `json:"uptime"`
+	// Replay is the read back of long-term records under way, if any.
+	Replay *ReplayStatus `json:"replay,omitempty"`
+}
+
+// ReplayStatus is the progress of a node reading long-term records back
+// from the record log for partitions it takes.
+type ReplayStatus struct {
+	NS         string  `json:"ns"`
+	Partitions int     `json:"partitions"`
+	Records    int64   `json:"records"`
+	Bytes      int64   `json:"bytes"`
+	Percent    float64 `json:"percent"`
+	Rate       float64 `json:"rate"`
+	Since      string  `json:"since"`
 }
 
 // Status reports the node's state.
@@ -51,6 +65,10 @@ func (s *Server) Status() Status {
 	slices.Sort(st.Nodes)
 	s.mu.Lock()
 	st.Held, st.Syncing = s.holds.Count(), s.syncing.Count()
+	if s.replaying != nil {
+		r := *s.replaying
+		st.Replay = &r
+	}
 	s.mu.Unlock()
 	for _, ns := range s.rec.store.Namespaces() {
 		st.Records += s.rec.store.Stats(ns).Entries
