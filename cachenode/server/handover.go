@@ -243,17 +243,7 @@ func (s *Server) syncFrom(src string, parts []int) {
 	}
 	ok := false
 	defer func() {
-		s.mu.Lock()
-		for _, p := range parts {
-			s.syncing.Set(p, false)
-			if ok {
-				s.holds.Set(p, true)
-			}
-		}
-		s.mu.Unlock()
-		if ok {
-			s.hb.Announce()
-		}
+		s.endTaking(parts, ok)
 		s.poke()
 	}()
 	// What is here from an earlier ownership may be older than deletes
@@ -433,6 +423,22 @@ func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
 		"took", time.Since(start).Round(time.Millisecond))
 }
 
+// endTaking ends the copy or replay of partitions parts: they are no
+// longer syncing and, when ok, held, which the heartbeat says at once.
+func (s *Server) endTaking(parts []int, ok bool) {
+	s.mu.Lock()
+	for _, p := range parts {
+		s.syncing.Set(p, false)
+		if ok {
+			s.holds.Set(p, true)
+		}
+	}
+	s.mu.Unlock()
+	if ok {
+		s.hb.Announce()
+	}
+}
+
 // replayFromLog takes partitions parts, which no live node holds, with
 // the long-term records the record log keeps of them: the node serves
 // them only once every long-term namespace is read back. Writes made
@@ -447,17 +453,8 @@ func (s *Server) replayFromLog(parts []int) {
 	}
 	ok := false
 	defer func() {
-		s.mu.Lock()
-		for _, p := range parts {
-			s.syncing.Set(p, false)
-			if ok {
-				s.holds.Set(p, true)
-			}
-		}
-		s.mu.Unlock()
-		if ok {
-			s.hb.Announce()
-		} else {
+		s.endTaking(parts, ok)
+		if !ok {
 			// Try again once the failure is a reconciliation away.
 			go func() {
 				select {
