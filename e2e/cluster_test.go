@@ -63,6 +63,7 @@ func startCluster(t *testing.T, size int) *natsCluster {
 			"CACHEBUS_NATS_ROUTES":         strings.Join(peers, ","),
 			"CACHEBUS_EVENTS_REPLICAS":     "3",
 			"CACHEBUS_STATE_REPLICAS":      "3",
+			"CACHEBUS_NODES_REPLICAS":      "3",
 			"CACHEBUS_HTTP_ADDR":           n.httpAddr,
 		}
 		c.nodes = append(c.nodes, n)

@@ -64,9 +64,10 @@ func OpenNodes(ctx context.Context, c *bus.Conn, cfg NodesConfig) (*Nodes, error
 // BindNodes opens the nodes bucket without creating or reconfiguring it.
 // When it does not exist the error wraps jetstream.ErrBucketNotFound.
 func BindNodes(ctx context.Context, c *bus.Conn) (*Nodes, error) {
-	kv, err := c.JS.KeyValue(ctx, c.Subjects.NodesBucket())
+	kv, err := ensure(ctx, c, "nodes bucket "+c.Subjects.NodesBucket(),
+		func(ctx context.Context) (jetstream.KeyValue, error) { return c.JS.KeyValue(ctx, c.Subjects.NodesBucket()) })
 	if err != nil {
-		return nil, fmt.Errorf("persistence: nodes bucket %s: %w", c.Subjects.NodesBucket(), err)
+		return nil, err
 	}
 	return &Nodes{c: c, kv: kv}, nil
 }

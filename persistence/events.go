@@ -131,12 +131,16 @@ func transient(err error) bool {
 // not exist: a library client (memo) must not change the limits or
 // replicas that the cluster's daemons set.
 func OpenEvents(ctx context.Context, c *bus.Conn, cfg EventLogConfig) (jetstream.Stream, error) {
-	st, err := c.JS.Stream(ctx, c.Subjects.EventStream())
+	// Retried like a creation: right after a NATS server is lost the
+	// lookup times out until JetStream has elected new leaders.
+	st, err := ensure(ctx, c, "event log "+c.Subjects.EventStream(), func(ctx context.Context) (jetstream.Stream, error) {
+		return c.JS.Stream(ctx, c.Subjects.EventStream())
+	})
 	if err == nil {
 		return st, nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("persistence: event log %s: %w", c.Subjects.EventStream(), err)
+		return nil, err
 	}
 	if cfg.MaxAge == 0 {
 		cfg.MaxAge = 24 * time.Hour

@@ -101,10 +101,10 @@ func OpenState(ctx context.Context, c *bus.Conn, cfg StateConfig) (*State, error
 // (such as its replicas). When no daemon has created the bucket yet the
 // error wraps jetstream.ErrBucketNotFound.
 func BindState(ctx context.Context, c *bus.Conn) (*State, error) {
-	kv, err := c.JS.KeyValue(ctx, c.Subjects.StateBucket())
+	kv, err := ensure(ctx, c, "state bucket "+c.Subjects.StateBucket()+" (created by a cachebus daemon at start)",
+		func(ctx context.Context) (jetstream.KeyValue, error) { return c.JS.KeyValue(ctx, c.Subjects.StateBucket()) })
 	if err != nil {
-		return nil, fmt.Errorf("persistence: state bucket %s (created by a cachebus daemon at start): %w",
-			c.Subjects.StateBucket(), err)
+		return nil, err
 	}
 	return &State{c: c, kv: kv}, nil
 }
