@@ -65,7 +65,9 @@ func OpenNodes(ctx context.Context, c *bus.Conn, cfg NodesConfig) (*Nodes, error
 // When it does not exist the error wraps jetstream.ErrBucketNotFound.
 func BindNodes(ctx context.Context, c *bus.Conn) (*Nodes, error) {
 	kv, err := ensure(ctx, c, "nodes bucket "+c.Subjects.NodesBucket(),
-		func(ctx context.Context) (jetstream.KeyValue, error) { return c.JS.KeyValue(ctx, c.Subjects.NodesBucket()) })
+		func(ctx context.Context) (jetstream.KeyValue, error) {
+			return c.JS.KeyValue(ctx, c.Subjects.NodesBucket())
+		})
 	if err != nil {
 		return nil, err
 	}

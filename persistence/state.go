@@ -102,7 +102,9 @@ func OpenState(ctx context.Context, c *bus.Conn, cfg StateConfig) (*State, error
 // error wraps jetstream.ErrBucketNotFound.
 func BindState(ctx context.Context, c *bus.Conn) (*State, error) {
 	kv, err := ensure(ctx, c, "state bucket "+c.Subjects.StateBucket()+" (created by a cachebus daemon at start)",
-		func(ctx context.Context) (jetstream.KeyValue, error) { return c.JS.KeyValue(ctx, c.Subjects.StateBucket()) })
+		func(ctx context.Context) (jetstream.KeyValue, error) {
+			return c.JS.KeyValue(ctx, c.Subjects.StateBucket())
+		})
 	if err != nil {
 		return nil, err
 	}
