@@ -5,9 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cachebus/cachebus/bench"
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
@@ -121,30 +122,11 @@ func BenchmarkReplay(b *testing.B) {
 // rawRead reads want messages of filter with an ordered consumer set up as
 // Replay sets up its own, touching nothing but their count.
 func rawRead(b *testing.B, js jetstream.JetStream, stream, filter string, want int) int64 {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverAllPolicy})
+	n, err := bench.RawOrderedRead(context.Background(), js, stream, filter, want)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var got atomic.Int64
-	done := make(chan struct{})
-	cc, err := cons.Consume(func(jetstream.Msg) {
-		if got.Add(1) == int64(want) {
-			close(done)
-		}
-	}, jetstream.PullMaxMessages(4096))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cc.Stop()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		b.Fatalf("raw read: %d of %d messages", got.Load(), want)
-	}
-	return got.Load()
+	return n
 }
 
 // BenchmarkDecodeRecord is the client's share of a replay for one record:

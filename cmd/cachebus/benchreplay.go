@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -112,7 +110,7 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	var how string
 	for range rounds {
 		t0 := time.Now()
-		n, err := rawOrderedRead(ctx, c.JS, log.Stream(), rawFilter, cfg.Records)
+		n, err := bench.RawOrderedRead(ctx, c.JS, log.Stream(), rawFilter, cfg.Records)
 		if err != nil {
 			return err
 		}
@@ -157,37 +155,4 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw; filter %s)\n", rate(replayed, replayTime), rawTime.Seconds()/replayTime.Seconds(), how)
 	fmt.Fprintf(w, "ready\t%s for %d records (best of %d rounds)\n", best.Round(time.Millisecond), cfg.Records, rounds)
 	return w.Flush()
-}
-
-// rawOrderedRead counts want messages of filter (none: the whole stream)
-// with an ordered consumer set up as Replay sets up its own, touching
-// nothing else: the ceiling of a replay.
-func rawOrderedRead(ctx context.Context, js jetstream.JetStream, stream, filter string, want int) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
-	if filter != "" {
-		cfg.FilterSubjects = []string{filter}
-	}
-	cons, err := js.OrderedConsumer(ctx, stream, cfg)
-	if err != nil {
-		return 0, err
-	}
-	var got atomic.Int64
-	done := make(chan struct{})
-	cc, err := cons.Consume(func(jetstream.Msg) {
-		if got.Add(1) == int64(want) {
-			close(done)
-		}
-	}, jetstream.PullMaxMessages(4096))
-	if err != nil {
-		return 0, err
-	}
-	defer cc.Stop()
-	select {
-	case <-done:
-		return got.Load(), nil
-	case <-ctx.Done():
-		return got.Load(), errors.New("replay: raw read timed out")
-	}
 }

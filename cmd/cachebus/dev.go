@@ -99,6 +99,19 @@ type devStack struct {
 	stops    []func(context.Context)
 }
 
+// connect opens a connection of its own to dev's server for one part,
+// named "cachebus dev <name>", as a separate process would have; it is
+// drained at shutdown, after what the part registers later has stopped.
+func (d *devStack) connect(ctx context.Context, name string) (*bus.Conn, error) {
+	conn, err := bus.Connect(ctx, bus.ConnConfig{URL: d.srv.ClientURL(), Prefix: d.cfg.Prefix, Name: "cachebus dev " + name},
+		bus.WithServer(d.srv), bus.WithLogger(d.env.log), bus.WithMetrics(d.metrics))
+	if err != nil {
+		return nil, err
+	}
+	d.onStop(func(context.Context) { closeConn(d.env, conn) })
+	return conn, nil
+}
+
 // onStop registers fn to run at shutdown; the last registered runs first.
 func (d *devStack) onStop(fn func(context.Context)) { d.stops = append(d.stops, fn) }
 

@@ -6,7 +6,6 @@ import (
 	"net"
 	"strings"
 
-	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/demoapp"
 	"github.com/kelseyhightower/envconfig"
 )
@@ -35,12 +34,10 @@ func startDevApps(ctx context.Context, d *devStack) error {
 	for i := range d.cfg.Apps {
 		cfg := base
 		cfg.ID = fmt.Sprintf("app%d", i+1)
-		conn, err := bus.Connect(ctx, bus.ConnConfig{URL: d.srv.ClientURL(), Prefix: d.cfg.Prefix, Name: "cachebus dev " + cfg.ID},
-			bus.WithServer(d.srv), bus.WithLogger(d.env.log), bus.WithMetrics(d.metrics))
+		conn, err := d.connect(ctx, cfg.ID)
 		if err != nil {
 			return err
 		}
-		d.onStop(func(context.Context) { closeConn(d.env, conn) })
 		app, err := demoapp.New(ctx, cfg, demoapp.Options{Conn: conn, Log: d.env.log, Version: buildVersion()})
 		if err != nil {
 			return err

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/lbgateway"
 	"github.com/kelseyhightower/envconfig"
 )
@@ -35,13 +34,11 @@ func startDevGateway(ctx context.Context, d *devStack) error {
 	if err != nil {
 		return fmt.Errorf("gateway port in use? (--gateway ADDR; port 0 picks a free one): %w", err)
 	}
-	conn, err := bus.Connect(ctx, bus.ConnConfig{URL: d.srv.ClientURL(), Prefix: d.cfg.Prefix, Name: "cachebus dev gw1"},
-		bus.WithServer(d.srv), bus.WithLogger(d.env.log), bus.WithMetrics(d.metrics))
+	conn, err := d.connect(ctx, cfg.ID)
 	if err != nil {
 		_ = ln.Close()
 		return err
 	}
-	d.onStop(func(context.Context) { closeConn(d.env, conn) })
 	gw, err := lbgateway.New(ctx, cfg, lbgateway.Options{Conn: conn, State: d.state, Registerer: d.reg,
 		Log: d.env.log, Version: buildVersion(), Guard: d.admin.Guard})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/cachenode/server"
 	"github.com/kelseyhightower/envconfig"
 )
@@ -42,12 +41,10 @@ func startDevNodes(ctx context.Context, d *devStack) error {
 
 	nodes := make([]*server.Server, 0, len(ids))
 	for _, id := range ids {
-		conn, err := bus.Connect(ctx, bus.ConnConfig{URL: d.srv.ClientURL(), Prefix: d.cfg.Prefix, Name: "cachebus dev " + id},
-			bus.WithServer(d.srv), bus.WithLogger(d.env.log), bus.WithMetrics(d.metrics))
+		conn, err := d.connect(ctx, id)
 		if err != nil {
 			return err
 		}
-		d.onStop(func(context.Context) { closeConn(d.env, conn) })
 		cfg := base
 		cfg.ID = id
 		s, err := server.Start(ctx, cfg, server.Options{Conn: conn, Registerer: d.reg, Log: d.env.log})
