@@ -281,27 +281,51 @@ type Follower struct {
 // member that starts late knows the fallback and drains before it reports
 // ready. The state then follows every change until Stop.
 func (s *State) Follow(ctx context.Context, onChange ...func(ClusterState)) (*Follower, error) {
+	// A watch begun while JetStream elects the bucket's leader (a NATS
+	// server just died) may never deliver its first entries: each attempt
+	// is bounded, and a stuck one is replaced by a new watch.
+	f := &Follower{s: s, notify: onChange, done: make(chan struct{}), stopped: make(chan struct{})}
+	attempt := 5 * time.Second
+	for {
+		w, cs, err := s.watchInitial(ctx, attempt)
+		if err == nil {
+			f.w, f.cs = w, cs
+			go f.run()
+			return f, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("persistence: follow state: %w (last error: %v)", ctx.Err(), err)
+		}
+		s.c.Log.Info("cluster state not read yet, retrying", "err", err)
+		attempt = min(2*attempt, 30*time.Second)
+	}
+}
+
+// watchInitial starts a watch of the whole bucket and reads its current
+// entries, within limit.
+func (s *State) watchInitial(ctx context.Context, limit time.Duration) (jetstream.KeyWatcher, ClusterState, error) {
+	cs := emptyState()
 	w, err := s.kv.WatchAll(context.Background(), jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, fmt.Errorf("persistence: follow state: %w", err)
+		return nil, cs, fmt.Errorf("watch: %w", err)
 	}
-	f := &Follower{s: s, w: w, cs: emptyState(), notify: onChange,
-		done: make(chan struct{}), stopped: make(chan struct{})}
-	for initial := true; initial; {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for {
 		select {
 		case e := <-w.Updates():
 			if e == nil {
-				initial = false
-				continue
+				return w, cs, nil
 			}
-			s.apply(&f.cs, e)
+			s.apply(&cs, e)
+		case <-t.C:
+			_ = w.Stop()
+			return nil, cs, fmt.Errorf("no current entries within %s", limit)
 		case <-ctx.Done():
 			_ = w.Stop()
-			return nil, fmt.Errorf("persistence: follow state: %w", ctx.Err())
+			return nil, cs, ctx.Err()
 		}
 	}
-	go f.run()
-	return f, nil
 }
 
 func (f *Follower) run() {
