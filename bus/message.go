@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -93,6 +94,54 @@ type Heartbeat struct {
 	// partition p is bit p%8 (least significant first) of byte p/8. A node
 	// serves a partition only once it holds it.
 	Holds string `json:"holds,omitempty"`
+	// Replay is set by a cache node while it reads long-term records back
+	// from the record log (when it takes partitions no live node holds,
+	// or on demand, `cachebus replay`); nil otherwise.
+	Replay *HeartbeatReplay `json:"replay,omitempty"`
+}
+
+// HeartbeatReplay is the progress of a cache node's replay of long-term
+// records from the record log, as its heartbeat announces it.
+type HeartbeatReplay struct {
+	// NS is the namespace being read back.
+	NS string `json:"ns"`
+	// Partitions is how many partitions the replay reads, 0 to 1024.
+	Partitions int `json:"partitions"`
+	// Records and Bytes count what was read so far.
+	Records int64 `json:"records"`
+	Bytes   int64 `json:"bytes"`
+	// Percent of the messages to read that are read, 0 to 100.
+	Percent float64 `json:"percent"`
+	// Rate is records read per second so far.
+	Rate float64 `json:"rate"`
+}
+
+// MaxReplayPartitions is the most partitions a heartbeat's replay counts:
+// all of the cache tier's.
+const MaxReplayPartitions = HoldsLen * 8
+
+// Validate checks a replay's progress: a valid namespace, counts that are
+// not negative, a percent from 0 to 100 and a finite rate.
+func (r HeartbeatReplay) Validate() error {
+	if !ValidName(r.NS) {
+		return fieldErr("replay.ns", "must match [A-Za-z0-9_-]{1,64}, got %q", r.NS)
+	}
+	if r.Partitions < 0 || r.Partitions > MaxReplayPartitions {
+		return fieldErr("replay.partitions", "must be 0 to %d, got %d", MaxReplayPartitions, r.Partitions)
+	}
+	if r.Records < 0 {
+		return fieldErr("replay.records", "must not be negative, got %d", r.Records)
+	}
+	if r.Bytes < 0 {
+		return fieldErr("replay.bytes", "must not be negative, got %d", r.Bytes)
+	}
+	if !(r.Percent >= 0 && r.Percent <= 100) { // NaN too
+		return fieldErr("replay.percent", "must be 0 to 100, got %v", r.Percent)
+	}
+	if !(r.Rate >= 0) || math.IsInf(r.Rate, 1) {
+		return fieldErr("replay.rate", "must be a finite number, 0 or more, got %v", r.Rate)
+	}
+	return nil
 }
 
 // The wire forms below carry pointers where a field is required, so that a
@@ -148,6 +197,8 @@ type heartbeatWire struct {
 	Load     float64 `json:"load"`
 	Version  string  `json:"version"`
 	Holds    string  `json:"holds"`
+	// Replay is decoded as it is: its fields are checked by Validate.
+	Replay *HeartbeatReplay `json:"replay"`
 }
 
 // DecodeExpire parses an expire payload: a JSON object, or, when the first
@@ -405,7 +456,7 @@ func DecodeHeartbeat(data []byte) (Heartbeat, error) {
 		return Heartbeat{}, fieldErr("state", "required (up, draining or gone)")
 	}
 	h := Heartbeat{ID: *w.ID, Role: *w.Role, Addr: w.Addr, DC: w.DC, State: *w.State,
-		Sessions: w.Sessions, Load: w.Load, Version: w.Version, Holds: w.Holds}
+		Sessions: w.Sessions, Load: w.Load, Version: w.Version, Holds: w.Holds, Replay: w.Replay}
 	var err error
 	if h.Started, err = parseTime("started", w.Started); err != nil {
 		return Heartbeat{}, err
@@ -439,6 +490,9 @@ func (h Heartbeat) Validate() error {
 		if _, err := DecodeHolds(h.Holds); err != nil {
 			return err
 		}
+	}
+	if h.Replay != nil {
+		return h.Replay.Validate()
 	}
 	return nil
 }

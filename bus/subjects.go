@@ -154,6 +154,11 @@ func (s Subjects) RecordReplicate(id string) string { return s.Prefix + ".rec.re
 // is taking over.
 func (s Subjects) RecordSync(id string) string { return s.Prefix + ".rec.sync." + id }
 
+// RecordReplay is where `cachebus replay` asks every live cache node (no
+// queue group: each one answers) to read a long-term namespace back from
+// the record log for the partitions it holds.
+func (s Subjects) RecordReplay() string { return s.Prefix + ".rec.replay" }
+
 // Events lists the subjects captured by the event log.
 func (s Subjects) Events() []string {
 	return []string{

@@ -360,12 +360,11 @@ func (s *Server) onSyncRequest(m *nats.Msg) {
 		refuse(wire.CodeUnavailable, "%s has not seen %s live yet", s.cfg.ID, req.Node)
 		return
 	}
-	if s.shutdown.Load() {
+	if !s.background() {
 		refuse(wire.CodeUnavailable, "%s is shutting down", s.cfg.ID)
 		return
 	}
 	_ = m.Respond(okReply)
-	s.bg.Add(1)
 	go s.stream(req.Node, req.Inbox, &set, len(req.Partitions))
 }
 
@@ -492,11 +491,7 @@ func (s *Server) replayFromLog(parts []int) {
 			if r.Deleted {
 				return nil // a node taking a partition empty has nothing to delete
 			}
-			e := wire.Entry{NS: r.NS, Key: r.Key, Version: r.Version, Value: r.Value, Deadline: r.Expires.UnixNano()}
-			if r.Expires.IsZero() {
-				e.Deadline = time.Now().Add(s.cfg.DefaultTTL).UnixNano()
-			}
-			if _, err := s.rec.apply(&e); err != nil {
+			if _, err := s.applyRecord(&r); err != nil {
 				s.log.Warn("replayed record not stored", "ns", r.NS, "key", r.Key, "err", err)
 			}
 			return nil

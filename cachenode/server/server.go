@@ -79,9 +79,12 @@ type Server struct {
 	settleFrom atomic.Int64
 	stopConn   func()
 
-	kick     chan struct{}
-	done     chan struct{}
+	kick chan struct{}
+	done chan struct{}
+	// bg counts the background work stop waits for; bgMu orders its
+	// additions from peers' requests before stop's wait.
 	bg       sync.WaitGroup
+	bgMu     sync.Mutex
 	shutdown atomic.Bool
 }
 
@@ -227,7 +230,8 @@ func (s *Server) subscribe() error {
 	for _, p := range []struct {
 		subj string
 		cb   nats.MsgHandler
-	}{{subj.RecordReplicate(s.cfg.ID), s.onReplicate}, {subj.RecordSync(s.cfg.ID), s.onSyncRequest}} {
+	}{{subj.RecordReplicate(s.cfg.ID), s.onReplicate}, {subj.RecordSync(s.cfg.ID), s.onSyncRequest},
+		{subj.RecordReplay(), s.onReplayRequest}} {
 		sb, err := sub(p.subj, "", p.cb)
 		if err != nil {
 			return err
@@ -356,6 +360,10 @@ func (s *Server) replyLimit() int { return int(s.c.NC.MaxPayload()) - 1024 }
 func (s *Server) status(hb *bus.Heartbeat) {
 	s.mu.Lock()
 	hb.Holds = bus.EncodeHolds(s.holds)
+	hb.Replay = nil
+	if s.replaying != nil {
+		hb.Replay = s.replaying.heartbeat()
+	}
 	s.mu.Unlock()
 }
 
@@ -389,6 +397,11 @@ func (s *Server) stop(ctx context.Context) {
 	if !s.shutdown.CompareAndSwap(false, true) {
 		return
 	}
+	// Work a peer's request added before the flag was seen is counted
+	// by now; none is added after.
+	s.bgMu.Lock()
+	//lint:ignore SA2001 the empty critical section is the point
+	s.bgMu.Unlock()
 	for _, sb := range s.reqSubs {
 		_ = sb.Unsubscribe()
 	}
@@ -426,6 +439,19 @@ func (s *Server) stop(ctx context.Context) {
 	}
 	s.rec.store.Close()
 	s.log.Info("cache node stopped")
+}
+
+// background counts one piece of background work for stop to wait for,
+// unless the node is shutting down; the caller calls s.bg.Done when it
+// reported true.
+func (s *Server) background() bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.shutdown.Load() {
+		return false
+	}
+	s.bg.Add(1)
+	return true
 }
 
 // writerID is a node's tie-breaker between equal versions: a hash of its

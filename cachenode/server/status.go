@@ -3,9 +3,11 @@ package server
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
+	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/cachenode/partition"
 )
 
@@ -45,6 +47,24 @@ type ReplayStatus struct {
 	Percent    float64 `json:"percent"`
 	Rate       float64 `json:"rate"`
 	Since      string  `json:"since"`
+}
+
+// heartbeat is r as the node's heartbeat announces it, each figure
+// brought within what receivers accept, so that a heartbeat is never
+// refused for its replay.
+func (r *ReplayStatus) heartbeat() *bus.HeartbeatReplay {
+	if !bus.ValidName(r.NS) {
+		return nil
+	}
+	finite := func(f float64) float64 {
+		if math.IsNaN(f) || f < 0 {
+			return 0
+		}
+		return min(f, math.MaxFloat64)
+	}
+	return &bus.HeartbeatReplay{NS: r.NS, Partitions: min(max(r.Partitions, 0), bus.MaxReplayPartitions),
+		Records: max(r.Records, 0), Bytes: max(r.Bytes, 0), Percent: min(finite(r.Percent), 100),
+		Rate: math.Round(finite(r.Rate))}
 }
 
 // Status reports the node's state.

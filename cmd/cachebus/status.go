@@ -113,6 +113,9 @@ func runStatus(ctx context.Context, env *runEnv, cfgAny any, args []string) erro
 				return fmt.Errorf("status: %w", tblErr)
 			}
 		}
+		if tblErr := writeReplays(env.stdout, st.Members); tblErr != nil {
+			return fmt.Errorf("status: %w", tblErr)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("status incomplete: %w", err)
@@ -164,6 +167,24 @@ func writeTier(w io.Writer, s *topology.Summary) error {
 		}
 		p("  %s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", n.ID, dashIfEmpty(n.DC), yesNo(n.InBaseline), state,
 			n.Primary, n.Backup, n.Serving, n.Held, n.Missing)
+	}
+	return tw.Flush()
+}
+
+// writeReplays prints the replays of long-term records under way, one
+// line per cache node from its heartbeat; nothing when none runs.
+func writeReplays(w io.Writer, members []bus.Member) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := false
+	for _, m := range members {
+		if m.Role != bus.RoleNode || m.Replay == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(tw, "REPLAYS\n")
+			header = true
+		}
+		fmt.Fprintf(tw, "  %s\t%s\n", m.ID, describeReplay(m.Replay))
 	}
 	return tw.Flush()
 }
