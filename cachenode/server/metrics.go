@@ -15,7 +15,9 @@ type metrics struct {
 	rejected    *prometheus.CounterVec // kind: request, batch
 	handover    *prometheus.CounterVec // result
 	handedIn    prometheus.Counter
+	handedOut   prometheus.Counter
 	partitions  *prometheus.GaugeVec // state: owned, held, syncing
+	ltRefused   prometheus.Counter
 }
 
 // newMetrics makes the metrics and registers them with reg, when not nil,
@@ -36,14 +38,18 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 			Help: "Partition copies this node made from a peer, by result."}, []string{"result"}),
 		handedIn: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_handover_records_total",
 			Help: "Records received while copying partitions from peers."}),
+		handedOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_handover_sent_records_total",
+			Help: "Records sent to peers taking partitions over, paced by CACHEBUS_MIGRATE_RATE."}),
 		partitions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachebus_node_partitions",
 			Help: "Partitions of this node: owned by the assignment, held (data complete), syncing."}, []string{"state"}),
+		ltRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_longterm_refused_total",
+			Help: "Long-term writes refused because the record log (JetStream) was unreachable or had no quorum; none of them was stored or acknowledged."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": node}, reg)
-	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.partitions} {
+	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.handedOut, m.partitions, m.ltRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}

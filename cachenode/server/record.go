@@ -112,6 +112,18 @@ func (r *records) write(e *wire.Entry) error {
 	return r.set(e)
 }
 
+// reserve returns the version a write of ns/key made here now gets, above
+// both the clock and the stored version as write assigns it, and stores
+// nothing: a long-term write takes its version first and is stored, with
+// apply, only once the record log has acknowledged it.
+func (r *records) reserve(ns, key string) uint64 {
+	mu := &r.stripes[stripe(ns, key)]
+	mu.Lock()
+	defer mu.Unlock()
+	v, _ := r.current(ns, key)
+	return r.clock.next(v)
+}
+
 // apply stores a replicated or handed-over entry unless what is stored is
 // newer; it reports whether it stored it.
 func (r *records) apply(e *wire.Entry) (bool, error) {

@@ -218,30 +218,51 @@ func (s *Server) mget(ctx context.Context, req *wire.Request) wire.Reply {
 	return wire.Reply{Status: wire.StatusOK, Items: items}
 }
 
-// writeLongTerm stores a write of a long-term namespace here, replicates
-// it to the partition's backups and keeps it in the record log, and
-// answers only once JetStream has acknowledged it too: an acknowledged
-// long-term write outlives every node. The key's writes go to the log
-// one at a time, in version order, since the log keeps a key's last.
+// writeLongTerm writes e, a write of a long-term namespace, to the record
+// log first and, once JetStream has acknowledged it, stores it here and
+// replicates it to the partition's backups: what a node holds of a
+// long-term namespace is always in the log, so an acknowledged write
+// outlives every node, and a write the log did not take changes nothing
+// anywhere. The key's writes go to the log one at a time, in version
+// order, since the log keeps a key's last.
+//
+// While the log is known to be unreachable (this node's NATS server cut
+// off from the JetStream majority, say) the write is refused at once,
+// without waiting for a timeout: see logGate.
 func (s *Server) writeLongTerm(ctx context.Context, p int, e *wire.Entry) error {
+	g := &s.gate
+	if err := g.refusal(s); err != nil {
+		return err
+	}
 	mu := &s.persist[stripe(e.NS, e.Key)]
 	mu.Lock()
 	defer mu.Unlock()
-	if err := s.rec.write(e); err != nil {
+	// Asked again: the write may have waited here behind one of the same
+	// stripe that found the log unreachable.
+	if err := g.refusal(s); err != nil {
 		return err
 	}
-	logged := make(chan error, 1)
-	go func() {
-		r := persistence.Record{NS: e.NS, Partition: p, Key: e.Key, Version: e.Version, Deleted: e.Deleted}
-		if !e.Deleted {
-			r.Value, r.Expires = e.Value, time.Unix(0, e.Deadline)
-		}
-		_, err := s.recLog.Write(ctx, r)
-		logged <- err
-	}()
-	rerr := s.replicate(ctx, p, e)
-	if err := <-logged; err != nil {
-		return wire.Errorf(wire.CodeUnavailable, "stored on %s but not kept in the record log: %v", s.cfg.ID, err)
+	e.Version = s.rec.reserve(e.NS, e.Key)
+	// The caller giving up does not cut the write short: whether the log
+	// took it must be known here. It waits at most the request timeout;
+	// a timeout leaves the write in doubt (see logFailed).
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	_, err := s.recLog.Write(lctx, logRecord(p, e))
+	cancel()
+	if err != nil {
+		return s.logFailed(g, p, e, err)
 	}
-	return rerr
+	if _, err := s.rec.apply(e); err != nil {
+		return wire.Errorf(wire.CodeInternal, "long-term write %s/%s kept in the record log but not stored on %s: %v", e.NS, e.Key, s.cfg.ID, err)
+	}
+	return s.replicate(ctx, p, e)
+}
+
+// logRecord is the record-log form of e, a write of partition p.
+func logRecord(p int, e *wire.Entry) persistence.Record {
+	r := persistence.Record{NS: e.NS, Partition: p, Key: e.Key, Version: e.Version, Deleted: e.Deleted}
+	if !e.Deleted {
+		r.Value, r.Expires = e.Value, time.Unix(0, e.Deadline)
+	}
+	return r
 }

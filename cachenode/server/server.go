@@ -55,6 +55,9 @@ type Server struct {
 	// persist orders the writes of a long-term key: the log keeps the
 	// last message of a key, so a key's writes reach it one at a time.
 	persist [256]sync.Mutex
+	// gate refuses long-term writes at once while the record log is
+	// known to be unreachable (loggate.go).
+	gate logGate
 
 	reqSubs  []*nats.Subscription // direct and any-node
 	peerSubs []*nats.Subscription // replication and handover
