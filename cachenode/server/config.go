@@ -32,6 +32,7 @@ type Config struct {
 	Workers            int           `envconfig:"NODE_WORKERS" default:"64" desc:"record requests served at once"`
 	RequestTimeout     time.Duration `envconfig:"NODE_REQUEST_TIMEOUT" default:"2s" desc:"how long a forward or a replication to a peer may take"`
 	HandoverBatchBytes int           `envconfig:"NODE_HANDOVER_BATCH" default:"262144" desc:"bytes per batch when a partition is copied to its new owner"`
+	MigrateRate        MigrateRate   `envconfig:"MIGRATE_RATE" default:"100000,64MiB" desc:"records/s and bytes/s this node sends to peers taking partitions over, all at once (RECORDS[,BYTES]; 0 is unbounded)"`
 
 	bus.HeartbeatConfig
 	// RecordLogConfig names the long-term namespaces, whose writes are

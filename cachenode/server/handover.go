@@ -39,6 +39,9 @@ func (s *Server) reconcileLoop() {
 		case <-t.C:
 		}
 		s.reconcile()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		s.followDrain(ctx)
+		cancel()
 	}
 }
 
@@ -84,7 +87,8 @@ func (s *Server) reconcile() {
 		case owner && !held:
 			switch {
 			case prim != "" && prim != s.cfg.ID:
-				from[prim] = append(from[prim], p)
+				src := copySource(tab, p, s.cfg.ID)
+				from[src] = append(from[src], p)
 				s.suspect.Set(p, false)
 			case prim == "" && settled && s.recLog != nil:
 				// Its long-term records are in the record log: read
@@ -170,6 +174,20 @@ func (s *Server) onConnEvent(ev bus.ConnEvent) {
 		s.hb.Announce()
 		s.poke()
 	}
+}
+
+// copySource is the node an owner of p that does not hold it copies it
+// from: a holder that no longer owns it (a node draining or leaving the
+// baseline) when there is one, so that the copies load the node on its way
+// out rather than those serving; else the node serving p.
+func copySource(tab *topology.Table, p int, self string) string {
+	hs := tab.Holders(p)
+	for i := len(hs) - 1; i >= 0; i-- {
+		if id := hs[i]; id != self && !slices.Contains(tab.Assignment.Owners[p], id) {
+			return id
+		}
+	}
+	return tab.Primary(p)
 }
 
 // ownersHold reports whether p has a live owner and every live owner
@@ -373,17 +391,34 @@ func (s *Server) onSyncRequest(m *nats.Msg) {
 func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
 	defer s.bg.Done()
 	start := time.Now()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	buf := wire.NewBatch(make([]byte, 0, s.cfg.HandoverBatchBytes+1024), 0)
-	n := 0
+	n, inBatch := 0, 0
 	var err error
 	send := func(flags byte) bool {
+		// The pace is kept before a batch goes, so that what a peer
+		// receives never runs ahead of the migrate rate.
+		if err = s.mig.wait(ctx, inBatch, len(buf)); err != nil {
+			return false
+		}
 		buf[1] = flags
 		var msg *nats.Msg
 		msg, err = s.c.NC.Request(inbox, buf, s.cfg.RequestTimeout)
 		if err == nil && !bytes.Equal(msg.Data, okReply) {
 			err = fmt.Errorf("%s", clip(msg.Data))
 		}
-		buf = wire.NewBatch(buf, 0)
+		if err == nil {
+			s.m.handedOut.Add(float64(inBatch))
+		}
+		buf, inBatch = wire.NewBatch(buf, 0), 0
 		return err == nil
 	}
 	for _, ns := range s.rec.store.Namespaces() {
@@ -395,11 +430,12 @@ func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
 			if !ok {
 				return true
 			}
-			if len(buf)+wire.EntrySize(&e) > s.cfg.HandoverBatchBytes && len(buf) > 2 && !send(0) {
+			if inBatch > 0 && s.mig.exceeds(inBatch+1, len(buf)+wire.EntrySize(&e)) && !send(0) {
 				return false
 			}
 			buf = wire.AppendEntry(buf, &e)
 			n++
+			inBatch++
 			return true
 		})
 		select {

@@ -77,6 +77,13 @@ type Server struct {
 	// one runs.
 	replaying *ReplayStatus
 
+	// state is the cluster state bucket, where the node records its
+	// drain finished; drain is its own drain, kept by the reconcile loop.
+	state *persistence.State
+	drain drainer
+	// mig paces the records this node sends to peers taking partitions.
+	mig *migrator
+
 	// settleFrom is when the node started or last reconnected: after a
 	// failure timeout from then it has heard every live peer.
 	settleFrom atomic.Int64
@@ -113,6 +120,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if s.m, err = newMetrics(opts.Registerer, cfg.ID); err != nil {
 		return nil, err
 	}
+	s.mig = newMigrator(cfg.MigrateRate, cfg.HandoverBatchBytes, cfg.MaxKey+cfg.MaxValue+envelopeLen+cachenode.Overhead)
 	s.rec.store = cachenode.NewStore(cachenode.StoreConfig{MaxMB: cfg.MaxMB, MaxTTL: cfg.MaxTTL,
 		DefaultTTL: cfg.DefaultTTL, StaleGrace: cfg.StaleGrace, Shards: storeShards, Log: s.log})
 	ok := false
@@ -168,11 +176,10 @@ func (s *Server) openBus(ctx context.Context) error {
 	if _, err := persistence.OpenEvents(ctx, s.c, persistence.EventLogConfig{}); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	state, err := persistence.OpenOrBindState(ctx, s.c)
-	if err != nil {
+	if s.state, err = persistence.OpenOrBindState(ctx, s.c); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	if s.follower, err = state.Follow(ctx); err != nil {
+	if s.follower, err = s.state.Follow(ctx, func(persistence.ClusterState) { s.poke() }); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	if s.events, err = bus.Subscribe(ctx, s.c, eventHandler{s}, bus.SubscriberOptions{Name: "node/" + s.cfg.ID, Self: s.cfg.ID}); err != nil {

@@ -467,7 +467,7 @@ func TestDrainWait(t *testing.T) {
 		member("n1")
 		d := cmdStart(t, "drain", "node", "n1", "--wait")
 		d.waitOutput(t, "the drain sent", sent)
-		d.waitOutput(t, "the member seen", regexp.MustCompile(`node/n1 state=up sessions=0`))
+		d.waitOutput(t, "the member seen", regexp.MustCompile(`node/n1 state=up partitions_held=0`))
 		if err := state.MarkDrained(context.Background(), "node", "n1"); err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/bits"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
@@ -114,6 +115,12 @@ func watchDrain(ctx context.Context, conn *bus.Conn, state *persistence.State, f
 	w.members, err = bus.TrackMembers(conn, failure, bus.MembershipEvents{
 		Join:   func(m bus.Member) { poke() },
 		Change: func(_, m bus.Member) { poke() },
+		// A draining cache node's partitions held go down beat by beat.
+		Beat: func(m bus.Member) {
+			if mine(m) {
+				poke()
+			}
+		},
 		Leave: func(m bus.Member, reason string) {
 			if mine(m) {
 				select {
@@ -151,7 +158,8 @@ func (w *drainWatch) wait(ctx context.Context, env *runEnv, sent time.Time, fail
 	// A member that heartbeats is seen within the failure timeout.
 	notAlive := time.NewTimer(failure)
 	defer notAlive.Stop()
-	seen, last := false, ""
+	seen, last, lastState := false, "", ""
+	var printed time.Time
 	fmt.Fprintf(env.stdout, "waiting for %s to drain (up to %s)\n", key, limit)
 	for {
 		if ds, ok := w.follower.Current().Drains[key]; ok && ds.On && ds.Drained && !ds.Since.Before(sent.Add(-time.Second)) {
@@ -160,9 +168,10 @@ func (w *drainWatch) wait(ctx context.Context, env *runEnv, sent time.Time, fail
 		}
 		if m, ok := w.members.Get(w.role, w.id); ok {
 			seen = true
-			if now := fmt.Sprintf("state=%s sessions=%d load=%.2f", m.State, m.Sessions, m.Load); now != last {
+			// At most a line a second while only the progress changes.
+			if now := memberProgress(m); now != last && (m.State != lastState || time.Since(printed) >= time.Second) {
 				fmt.Fprintf(env.stdout, "%s %s\n", key, now)
-				last = now
+				last, lastState, printed = now, m.State, time.Now()
 			}
 		}
 		select {
@@ -183,4 +192,20 @@ func (w *drainWatch) wait(ctx context.Context, env *runEnv, sent time.Time, fail
 			return errors.New("stopped waiting: the drain stays on")
 		}
 	}
+}
+
+// memberProgress is what --wait prints of a draining member: a cache
+// node's partitions still held (each goes once its new owners hold it),
+// another member's sessions and load.
+func memberProgress(m bus.Member) string {
+	if m.Role != "node" {
+		return fmt.Sprintf("state=%s sessions=%d load=%.2f", m.State, m.Sessions, m.Load)
+	}
+	held := 0
+	if b, err := bus.DecodeHolds(m.Holds); err == nil {
+		for _, x := range b {
+			held += bits.OnesCount8(x)
+		}
+	}
+	return fmt.Sprintf("state=%s partitions_held=%d", m.State, held)
 }
