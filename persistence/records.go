@@ -271,20 +271,27 @@ func (rc *RecordCodec) splitSubject(subject string) (ns string, p int, keyTok st
 	if !ok || !bus.ValidName(ns) {
 		return "", 0, "", fmt.Errorf("%w: bad namespace in %q", errBadSubject, clipString(subject))
 	}
+	p, keyTok, err = splitPartition(subject, rest)
+	return ns, p, keyTok, err
+}
+
+// splitPartition cuts rest, what follows the namespace in subject, into
+// the partition and the encoded key.
+func splitPartition(subject, rest string) (p int, keyTok string, err error) {
 	if len(rest) < 6 || rest[4] != '.' {
-		return "", 0, "", fmt.Errorf("%w: no 4-digit partition in %q", errBadSubject, clipString(subject))
+		return 0, "", fmt.Errorf("%w: no 4-digit partition in %q", errBadSubject, clipString(subject))
 	}
 	for i := 0; i < 4; i++ {
 		c := rest[i]
 		if c < '0' || c > '9' {
-			return "", 0, "", fmt.Errorf("%w: no 4-digit partition in %q", errBadSubject, clipString(subject))
+			return 0, "", fmt.Errorf("%w: no 4-digit partition in %q", errBadSubject, clipString(subject))
 		}
 		p = p*10 + int(c-'0')
 	}
 	if p >= partition.Partitions {
-		return "", 0, "", fmt.Errorf("%w: partition %d out of range", errBadSubject, p)
+		return 0, "", fmt.Errorf("%w: partition %d out of range", errBadSubject, p)
 	}
-	return ns, p, rest[5:], nil
+	return p, rest[5:], nil
 }
 
 // Decode turns a message of the record log into a record. It opens a
@@ -786,6 +793,8 @@ type ReplayStats struct {
 	// partition or here, from every message of a stream that held the
 	// namespace alone).
 	Filter string
+	// Readers is how many consumers read the log at once (ReplayReaders).
+	Readers int
 }
 
 // Rate is records per second.
@@ -817,24 +826,57 @@ var errReplayDone = errors.New("replay done")
 
 // Replay reads the records of namespace ns in partitions (0 to 1023; none
 // reads nothing) as they are in the log when it starts, and hands each
-// one to fn, in stream order, from one goroutine. It skips expired
+// one to fn. By default fn is called from one goroutine, in stream order;
+// with ReplayReaders(n) the log is read by n consumers at once and fn is
+// called from up to n goroutines at once (see there). It skips expired
 // records. It hands over tombstones (Deleted, no Value) that have not
 // expired, so a caller that already holds some of these keys removes
 // them and keeps the version that deleted them; a caller starting empty
 // ignores them. A message that is not a record, or whose value does not
 // open, is logged, counted in Rejected and skipped. fn returning an error
 // ends the replay with it. progress, when not nil, is called at most
-// every 250ms and once at the end.
+// every 250ms and once at the end, never from two goroutines at once.
 //
 // Writes made while Replay runs may or may not be handed over: the caller
 // applies them as it does any write.
-func (l *RecordLog) Replay(ctx context.Context, ns string, partitions []int, fn func(Record) error, progress func(ReplayProgress)) (ReplayStats, error) {
-	st, _, err := l.replay(ctx, ns, partitions, fn, progress)
+func (l *RecordLog) Replay(ctx context.Context, ns string, partitions []int, fn func(Record) error, progress func(ReplayProgress), opts ...ReplayOption) (ReplayStats, error) {
+	var o replayOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	st, _, err := l.replay(ctx, ns, partitions, fn, progress, o)
 	return st, err
 }
 
+// ReplayOption adjusts one Replay.
+type ReplayOption func(*replayOptions)
+
+type replayOptions struct {
+	readers int
+}
+
+// MaxReplayReaders is the most consumers one replay reads with.
+const MaxReplayReaders = 8
+
+// ReplayReaders has Replay read the log with n consumers at once (1 to
+// MaxReplayReaders; fewer for a small stream), each one an ordered
+// consumer over its own share of the stream's sequences, decoding and
+// calling fn from its own goroutine: so fn must be safe for concurrent
+// use. Every message is still read by one consumer only, and each key has
+// one message in the log, so each record is handed over once, as with
+// one reader; only the order across records differs. On a machine with
+// cores to spare it replays faster: the server's work for a consumer is
+// one goroutine's, and so is the client's.
+func ReplayReaders(n int) ReplayOption {
+	return func(o *replayOptions) { o.readers = n }
+}
+
+// minReaderSpan is the fewest stream sequences a reader of a replay with
+// several is given: below, fewer readers.
+var minReaderSpan uint64 = 1024
+
 // replay is Replay, also returning the rejections by reason.
-func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn func(Record) error, progress func(ReplayProgress)) (ReplayStats, [reasons]int64, error) {
+func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn func(Record) error, progress func(ReplayProgress), o replayOptions) (ReplayStats, [reasons]int64, error) {
 	var none [reasons]int64
 	if err := bus.CheckNamespace(ns); err != nil {
 		return ReplayStats{}, none, fmt.Errorf("persistence: replay: %w", err)
@@ -853,7 +895,11 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 	if n == 0 {
 		return ReplayStats{Filter: "none"}, none, nil
 	}
-	r := &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: time.Now()}
+	readers := min(max(o.readers, 1), MaxReplayReaders)
+	newReplay := func() *replay {
+		return &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: time.Now(), readers: readers}
+	}
+	r := newReplay()
 	var filters []string
 	switch {
 	case n == partition.Partitions:
@@ -876,7 +922,8 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 		l.noMultiFilter.Store(true)
 		l.c.Log.Info("record log: the NATS server cannot filter a consumer by several subjects (before 2.10); replays filter partitions here",
 			"stream", l.name)
-		r = &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: time.Now(), want: &want}
+		r = newReplay()
+		r.want = &want
 		r.st.Filter = "namespace"
 		err = r.run(ctx, []string{l.codec.namespaceFilter(ns)})
 	}
@@ -888,7 +935,7 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 	}
 	l.c.Log.Info("records replayed", "ns", ns, "partitions", n, "records", st.Records, "deleted", st.Deleted,
 		"expired", st.Expired, "rejected", st.Rejected, "bytes", st.Bytes, "elapsed", st.Elapsed.Round(time.Millisecond),
-		"rate", int64(st.Rate()), "filter", st.Filter)
+		"rate", int64(st.Rate()), "filter", st.Filter, "readers", st.Readers)
 	return st, r.reasons, nil
 }
 
@@ -907,7 +954,8 @@ func multiFilterServer(nc *nats.Conn) bool {
 	return ma > 2 || ma == 2 && mi >= 10
 }
 
-// replay is one run of Replay.
+// replay is one run of Replay: one reader, or several over disjoint
+// ranges of stream sequences.
 type replay struct {
 	l        *RecordLog
 	ns       string
@@ -917,20 +965,52 @@ type replay struct {
 	fn       func(Record) error
 	progress func(ReplayProgress)
 	start    time.Time
+	readers  int // at most, as asked
+	rejected atomic.Int64
+	done     chan readerDone
 
-	mu           sync.Mutex // held while a message is handled; guards all below
-	st           ReplayStats
+	mu           sync.Mutex // guards all below; progress is called holding it
+	rds          []*replayReader
+	st           ReplayStats // the sum of the readers' once they are stopped
 	reasons      [reasons]int64
-	nowMs        int64  // the clock expiry is checked against, in Unix ms
-	lastSeq      uint64 // stream sequence of the last message handled
 	percent      float64
-	finished     bool
 	lastProgress time.Time
-	done         chan error
+}
+
+// readerDone is what ends a reader: errReplayDone when it read its range,
+// else the error that ends the replay.
+type readerDone struct {
+	rd  *replayReader
+	err error
+}
+
+// replayReader is one consumer of a replay, reading stream sequences lo
+// to hi. Its handler runs on one goroutine at a time.
+type replayReader struct {
+	r      *replay
+	lo, hi uint64
+	// beyond is how many of the messages the consumer had pending when
+	// created come after hi: what its pending count holds beside its own.
+	beyond uint64
+	cons   jetstream.Consumer
+	cc     jetstream.ConsumeContext
+
+	mu       sync.Mutex // held while a message is handled; guards all below
+	finished bool
+	st       ReplayStats
+	reasons  [reasons]int64
+	nowMs    int64  // the clock expiry is checked against, in Unix ms
+	lastSeq  uint64 // stream sequence of the last message handled
+	pending  uint64 // messages of its range still to read, as last told
+
+	// shown are the figures last added to the replay's progress (under
+	// r.mu).
+	shownMsgs, shownRecords, shownBytes int64
+	shownPending                        uint64
 }
 
 // report calls progress, at most every progressEvery unless final. The
-// caller holds mu, or is the only goroutine left.
+// caller holds r.mu.
 func (r *replay) report(final bool) {
 	if r.progress == nil {
 		return
@@ -940,15 +1020,43 @@ func (r *replay) report(final bool) {
 		return
 	}
 	r.lastProgress = now
-	p := ReplayProgress{Records: r.st.Records, Messages: r.st.Messages, Bytes: r.st.Bytes,
-		Elapsed: now.Sub(r.start), Percent: r.percent}
-	if final {
-		p.Percent = 100
+	var p ReplayProgress
+	var pending uint64
+	for _, rd := range r.rds {
+		p.Records += rd.shownRecords
+		p.Messages += rd.shownMsgs
+		p.Bytes += rd.shownBytes
+		pending += rd.shownPending
 	}
+	p.Elapsed = now.Sub(r.start)
+	if final {
+		p.Records, p.Messages, p.Bytes = r.st.Records, r.st.Messages, r.st.Bytes
+		r.percent = 100
+	} else if p.Messages > 0 {
+		// Never back: a write made meanwhile adds to what is pending.
+		r.percent = max(r.percent, float64(p.Messages)/float64(p.Messages+int64(pending))*100)
+	}
+	p.Percent = r.percent
 	if s := p.Elapsed.Seconds(); s > 0 {
 		p.Rate = float64(p.Records) / s
 	}
 	r.progress(p)
+}
+
+// show adds rd's figures to the replay's progress and reports it when it
+// is time. The caller holds rd.mu.
+func (rd *replayReader) show(final bool) {
+	r := rd.r
+	if r.progress == nil {
+		return
+	}
+	r.mu.Lock()
+	rd.shownMsgs, rd.shownRecords, rd.shownBytes, rd.shownPending = rd.st.Messages, rd.st.Records, rd.st.Bytes, rd.pending
+	if final {
+		rd.shownPending = 0
+	}
+	r.report(false)
+	r.mu.Unlock()
 }
 
 // run reads the messages of filters up to the stream's last sequence at
@@ -959,17 +1067,22 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 	if err != nil {
 		return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
 	}
-	last := info.State.LastSeq
-	if last == 0 {
+	first, last := max(info.State.FirstSeq, 1), info.State.LastSeq
+	if last == 0 || info.State.Msgs == 0 || first > last {
+		r.finishStats()
+		r.mu.Lock()
 		r.report(true)
+		r.mu.Unlock()
 		return nil
 	}
-	// An ordered consumer: no acks, in order, recreated by the client
+	// Ordered consumers: no acks, in order, recreated by the client
 	// where it left off if the connection or the server fails it. The
 	// stream keeps one message per key, so delivering all of them is
 	// delivering the last of each key: the set DeliverLastPerSubject
 	// gives, and what a recreated ordered consumer reads anyway (from a
 	// start sequence, whatever the policy it began with).
+	r.done = make(chan readerDone, max(r.readers, 1))
+	defer r.stop()
 	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects:    filters,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
@@ -977,6 +1090,9 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 	}
 	cons, err := l.c.JS.OrderedConsumer(ctx, l.name, cfg)
 	if err != nil {
+		if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
+			return err
+		}
 		return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
 	}
 	// When the namespace is all the stream holds, read the stream
@@ -992,69 +1108,183 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 			r.st.Filter = "stream"
 		}
 	}
-	r.done = make(chan error, 1)
-	cc, err := cons.Consume(func(m jetstream.Msg) { r.handle(m, last) },
-		jetstream.PullMaxMessages(replayBatch),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			l.c.Log.Debug("record replay: consumer", "ns", r.ns, "err", err)
-		}))
-	if err != nil {
-		if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
-			return err
-		}
-		return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
+	r.rds = []*replayReader{{r: r, cons: cons, lo: first, hi: last}}
+	r.st.Readers = 1
+	// With several readers, each one reads its own range of sequences up
+	// to last; a key rewritten meanwhile has its new message after last,
+	// so each key is read at most once whatever the readers' pace. The
+	// ranges split the sequences between the namespace's first and last
+	// records evenly, which splits the records evenly when they are spread
+	// over them (a node's partitions are: keys hash to partitions).
+	if r.readers > 1 && !r.otherNS {
+		first, last = l.namespaceBounds(ctx, r.ns, first, last)
 	}
-	defer func() {
-		cc.Stop()
-		// Wait out a message being handled, then shut the door: fn is
-		// never called once Replay has returned.
-		r.mu.Lock()
-		r.finished = true
-		r.mu.Unlock()
-		if ci := cons.CachedInfo(); ci != nil {
-			l.deleteConsumer(ci.Name)
+	span := last - first + 1
+	n := uint64(r.readers)
+	if m := span / minReaderSpan; m < n {
+		n = max(m, 1)
+	}
+	if n > 1 {
+		r.rds[0].hi = first + span/n - 1
+		for i := uint64(1); i < n; i++ {
+			r.rds = append(r.rds, &replayReader{r: r, lo: first + i*span/n, hi: first + (i+1)*span/n - 1})
 		}
-	}()
-	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 && ci.Delivered.Stream == 0 {
-		r.mu.Lock()
-		empty := r.st.Messages == 0
-		r.mu.Unlock()
-		if empty {
-			r.finish(errReplayDone)
+		r.st.Readers = int(n)
+	}
+	// The others start at their range; created from the last one down so
+	// that each one's pending count, less the next one's, is about its
+	// share (for the percentage only).
+	cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+	for i := len(r.rds) - 1; i >= 1; i-- {
+		cfg.OptStartSeq = r.rds[i].lo
+		if r.rds[i].cons, err = l.c.JS.OrderedConsumer(ctx, l.name, cfg); err != nil {
+			return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
 		}
 	}
-	// The last message to read may go before it is delivered (its TTL
+	var next uint64 // pending of the reader after, at its creation
+	for i := len(r.rds) - 1; i >= 0; i-- {
+		rd := r.rds[i]
+		var pending uint64
+		if ci := rd.cons.CachedInfo(); ci != nil {
+			pending = ci.NumPending
+		}
+		rd.beyond = min(next, pending)
+		rd.pending = pending - rd.beyond
+		rd.shownPending = rd.pending
+		next = pending
+	}
+	for _, rd := range r.rds {
+		rd.cc, err = rd.cons.Consume(rd.handle,
+			jetstream.PullMaxMessages(replayBatch),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				l.c.Log.Debug("record replay: consumer", "ns", r.ns, "err", err)
+			}))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
+				return err
+			}
+			return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
+		}
+		if ci := rd.cons.CachedInfo(); ci != nil && ci.NumPending == 0 && ci.Delivered.Stream < rd.lo {
+			rd.mu.Lock()
+			if rd.st.Messages == 0 {
+				rd.finish(errReplayDone)
+			}
+			rd.mu.Unlock()
+		}
+	}
+	// The last message of a range may go before it is delivered (its TTL
 	// ends, its key is purged): then no message says it was the last.
-	// A replay idle for a while asks the server whether anything is left.
+	// A reader idle for a while asks the server whether anything is left.
 	idle := time.NewTicker(idleCheck)
 	defer idle.Stop()
-	var seen int64
-	for err == nil {
+	seen := make([]int64, len(r.rds))
+	busy := len(r.rds)
+	for err == nil && busy > 0 {
 		select {
-		case err = <-r.done:
+		case d := <-r.done:
+			if d.err != errReplayDone {
+				err = d.err
+				break
+			}
+			busy--
+			// Done with its range: stop it reading the next one's.
+			if d.rd.cc != nil {
+				d.rd.cc.Stop()
+				d.rd.cc = nil
+			}
 		case <-ctx.Done():
 			err = fmt.Errorf("persistence: replay %s: %w", r.ns, ctx.Err())
 		case <-idle.C:
-			r.mu.Lock()
-			msgs, handled := r.st.Messages, r.lastSeq
-			r.mu.Unlock()
-			if msgs != seen {
-				seen = msgs
-				continue
-			}
-			ci, ierr := cons.Info(ctx)
-			if ierr == nil && ci.NumPending == 0 && ci.Delivered.Stream <= handled {
-				err = errReplayDone
+			for i, rd := range r.rds {
+				rd.mu.Lock()
+				// Before its first message the consumer has delivered
+				// up to the one before its range.
+				msgs, handled, finished := rd.st.Messages, max(rd.lastSeq, rd.lo-1), rd.finished
+				rd.mu.Unlock()
+				if finished || msgs != seen[i] {
+					seen[i] = msgs
+					continue
+				}
+				ci, ierr := rd.cons.Info(ctx)
+				if ierr == nil && ci.NumPending == 0 && ci.Delivered.Stream <= handled {
+					rd.mu.Lock()
+					rd.finish(errReplayDone)
+					rd.mu.Unlock()
+				}
 			}
 		}
 	}
-	if errors.Is(err, errReplayDone) {
-		r.mu.Lock()
-		r.report(true)
-		r.mu.Unlock()
-		return nil
+	if err != nil {
+		return err
 	}
-	return err
+	r.stop()
+	r.mu.Lock()
+	r.report(true)
+	r.mu.Unlock()
+	return nil
+}
+
+// stop stops every reader, waits out a message being handled and shuts
+// the door: fn is never called once Replay has returned. Then it sums up
+// what the readers read. It may be called twice.
+func (r *replay) stop() {
+	for _, rd := range r.rds {
+		if rd.cc != nil {
+			rd.cc.Stop()
+			rd.cc = nil
+		}
+		rd.mu.Lock()
+		rd.finished = true
+		rd.mu.Unlock()
+		if rd.cons != nil {
+			if ci := rd.cons.CachedInfo(); ci != nil {
+				r.l.deleteConsumer(ci.Name)
+			}
+			rd.cons = nil
+		}
+	}
+	r.finishStats()
+}
+
+// finishStats sums up the readers' figures into r.st and r.reasons.
+func (r *replay) finishStats() {
+	var st ReplayStats
+	var rs [reasons]int64
+	for _, rd := range r.rds {
+		rd.mu.Lock()
+		s := rd.st
+		for i, n := range rd.reasons {
+			rs[i] += n
+		}
+		rd.mu.Unlock()
+		st.Records += s.Records
+		st.Deleted += s.Deleted
+		st.Expired += s.Expired
+		st.Rejected += s.Rejected
+		st.Messages += s.Messages
+		st.Bytes += s.Bytes
+	}
+	r.mu.Lock()
+	st.Filter, st.Readers = r.st.Filter, r.st.Readers
+	r.st, r.reasons = st, rs
+	r.mu.Unlock()
+}
+
+// namespaceBounds narrows first to last, the stream's sequences, to those
+// of the first and the last record of namespace ns; it keeps them when the
+// server cannot say.
+func (l *RecordLog) namespaceBounds(ctx context.Context, ns string, first, last uint64) (uint64, uint64) {
+	filter := l.codec.namespaceFilter(ns)
+	lo, err := l.stream.GetMsg(ctx, first, jetstream.WithGetMsgSubject(filter))
+	if err != nil {
+		return first, last
+	}
+	hi, err := l.stream.GetLastMsgForSubject(ctx, filter)
+	if err != nil || hi.Sequence < lo.Sequence || lo.Sequence < first || hi.Sequence > last {
+		return first, last
+	}
+	return lo.Sequence, hi.Sequence
 }
 
 // deleteConsumer deletes a replay's consumer in the background. The
@@ -1078,84 +1308,140 @@ const clockEvery = 128
 // the server whether any is left.
 const idleCheck = 500 * time.Millisecond
 
-// replayBatch is how many messages the consumer asks for at once.
+// replayBatch is how many messages a consumer asks for at once.
 const replayBatch = 4096
 
-// finish ends the replay with err, once.
-func (r *replay) finish(err error) {
-	select {
-	case r.done <- err:
-	default:
-	}
-}
-
-// handle takes one message of the consumer.
-func (r *replay) handle(m jetstream.Msg, last uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.finished {
+// finish ends the reader's part of the replay with err (errReplayDone when
+// it read its range), once. The caller holds rd.mu.
+func (rd *replayReader) finish(err error) {
+	if rd.finished {
 		return
 	}
-	meta, err := m.Metadata()
-	if err != nil {
-		r.l.c.Log.Warn("record replay: message without metadata", "ns", r.ns, "err", err)
+	rd.finished = true
+	rd.r.done <- readerDone{rd, err} // room for one per reader
+}
+
+// handle takes one message of the reader's consumer.
+func (rd *replayReader) handle(m jetstream.Msg) {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	if rd.finished {
+		return
+	}
+	r := rd.r
+	seq, pending, ok := ackSeqPending(m.Reply())
+	if !ok {
+		r.l.c.Log.Warn("record replay: message without metadata", "ns", r.ns, "reply", clipString(m.Reply()))
+		return
+	}
+	if seq > rd.hi {
+		// The next reader's: this one is done.
+		rd.pending = 0
+		rd.show(true)
+		rd.finish(errReplayDone)
 		return
 	}
 	data := m.Data()
-	r.lastSeq = meta.Sequence.Stream
-	r.st.Messages++
-	r.st.Bytes += int64(len(data))
-	if r.st.Messages%clockEvery == 1 {
-		r.nowMs = time.Now().UnixMilli()
+	rd.lastSeq = seq
+	rd.st.Messages++
+	rd.st.Bytes += int64(len(data))
+	if rd.st.Messages%clockEvery == 1 {
+		rd.nowMs = time.Now().UnixMilli()
 	}
-	if err := r.apply(m.Subject(), m.Headers(), data, meta.Sequence.Stream); err != nil {
-		r.finished = true
-		r.finish(err)
+	if err := rd.apply(m.Subject(), m.Headers(), data, seq); err != nil {
+		rd.finish(err)
 		return
 	}
-	done := meta.NumPending == 0 || meta.Sequence.Stream >= last
+	done := pending == 0 || seq >= rd.hi
 	if r.progress != nil {
-		r.percent = float64(r.st.Messages) / float64(r.st.Messages+int64(meta.NumPending)) * 100
-		if done || r.st.Messages%256 == 0 {
-			r.report(false)
+		rd.pending = 0
+		if pending > rd.beyond {
+			rd.pending = pending - rd.beyond
+		}
+		if done || rd.st.Messages%256 == 0 {
+			rd.show(done)
 		}
 	}
 	if done {
-		r.finished = true
-		r.finish(errReplayDone)
+		rd.finish(errReplayDone)
 	}
 }
 
-// apply decodes one message and hands its record to fn; only fn's error
-// is returned.
-func (r *replay) apply(subject string, h nats.Header, data []byte, seq uint64) error {
-	if r.otherNS && !strings.HasPrefix(subject, r.nsPrefix) {
-		return nil // another namespace's, read because the stream is read unfiltered
+// ackSeqPending reads the stream sequence and the pending count from the
+// reply subject of a consumer's message, as jetstream's Metadata does but
+// without its allocations:
+//
+//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
+//	$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>[.<token>…]
+func ackSeqPending(reply string) (seq, pending uint64, ok bool) {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
+		return 0, 0, false
 	}
-	ns, p, keyTok, err := r.l.codec.splitSubject(subject)
-	if err == nil && ns != r.ns {
-		err = fmt.Errorf("%w: namespace %s delivered to a replay of %s", errBadSubject, ns, r.ns)
+	var tok [12]string
+	n := 2 // "$JS" and "ACK"
+	for n < len(tok) {
+		var t string
+		t, rest, ok = strings.Cut(rest, ".")
+		tok[n] = t
+		n++
+		if !ok {
+			break
+		}
+	}
+	var s, p string
+	switch {
+	case n == 9 && !ok:
+		s, p = tok[5], tok[8]
+	case n >= 11:
+		s, p = tok[7], tok[10]
+	default:
+		return 0, 0, false
+	}
+	seq, ok1 := parseDecimal(s)
+	pending, ok2 := parseDecimal(p)
+	return seq, pending, ok1 && ok2
+}
+
+// apply decodes one message and hands its record to fn; only fn's error
+// is returned. The caller holds rd.mu.
+func (rd *replayReader) apply(subject string, h nats.Header, data []byte, seq uint64) error {
+	r := rd.r
+	var p int
+	var keyTok string
+	rest, ok := strings.CutPrefix(subject, r.nsPrefix)
+	var err error
+	switch {
+	case ok:
+		p, keyTok, err = splitPartition(subject, rest)
+	case r.otherNS:
+		return nil // another namespace's, read because the stream is read unfiltered
+	default:
+		var ns string
+		if ns, _, _, err = r.l.codec.splitSubject(subject); err == nil {
+			err = fmt.Errorf("%w: namespace %s delivered to a replay of %s", errBadSubject, ns, r.ns)
+		}
 	}
 	if err != nil {
-		r.reject(subject, seq, err)
+		rd.reject(subject, seq, err)
 		return nil
 	}
 	if r.want != nil && !r.want[p] {
 		return nil
 	}
-	rec, err := r.l.codec.decode(ns, p, keyTok, h, data)
+	rec, err := r.l.codec.decode(r.ns, p, keyTok, h, data)
 	if err != nil {
-		r.reject(subject, seq, err)
+		rd.reject(subject, seq, err)
 		return nil
 	}
 	rec.Seq = seq
-	if !rec.Expires.IsZero() && rec.Expires.UnixMilli() <= r.nowMs {
-		r.st.Expired++
+	if !rec.Expires.IsZero() && rec.Expires.UnixMilli() <= rd.nowMs {
+		rd.st.Expired++
 		return nil
 	}
-	r.st.Records++
+	rd.st.Records++
 	if rec.Deleted {
-		r.st.Deleted++
+		rd.st.Deleted++
 	}
 	return r.fn(rec)
 }
@@ -1184,17 +1470,18 @@ func reasonOf(err error) int {
 	return reasonHeader
 }
 
-// reject logs and counts a bad message.
-func (r *replay) reject(subject string, seq uint64, err error) {
-	r.st.Rejected++
+// reject logs and counts a bad message. The caller holds rd.mu.
+func (rd *replayReader) reject(subject string, seq uint64, err error) {
+	r := rd.r
+	rd.st.Rejected++
 	reason := reasonOf(err)
-	r.reasons[reason]++
+	rd.reasons[reason]++
 	r.l.metrics.Rejected.WithLabelValues(reasonNames[reason]).Inc()
-	switch {
-	case r.st.Rejected <= rejectLogMax:
+	switch n := r.rejected.Add(1); {
+	case n <= rejectLogMax:
 		r.l.c.Log.Warn("record replay: skipped a bad message", "ns", r.ns, "seq", seq,
 			"subject", clipString(subject), "reason", reasonNames[reason], "err", err)
-	case r.st.Rejected == rejectLogMax+1:
+	case n == rejectLogMax+1:
 		r.l.c.Log.Warn("record replay: more bad messages; counting them without logging each", "ns", r.ns)
 	}
 }
@@ -1255,7 +1542,7 @@ func (l *RecordLog) Rekey(ctx context.Context, ns string, progress func(ReplayPr
 			return wait()
 		}
 		return nil
-	}, progress)
+	}, progress, replayOptions{})
 	if err == nil {
 		err = wait()
 	}

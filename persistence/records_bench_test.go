@@ -26,7 +26,9 @@ var (
 // one record log, then measures in the same run, on the same stream:
 // Replay of every partition, a raw ordered consumer reading the same
 // messages (the ceiling: no decoding, no callback), both in turn, Replay
-// of sealed records, and Replay of a node's share of the partitions.
+// of sealed records, and Replay of a node's share of the partitions; then
+// Replay with several readers beside a raw read by as many consumers over
+// the same shares of the stream.
 //
 //	go test -run x -bench Replay -benchtime 5x ./persistence/
 func BenchmarkReplay(b *testing.B) {
@@ -66,11 +68,11 @@ func BenchmarkReplay(b *testing.B) {
 	for i := range all {
 		all[i] = i
 	}
-	replay := func(b *testing.B, l *persistence.RecordLog, ns string, parts []int) {
+	replay := func(b *testing.B, l *persistence.RecordLog, ns string, parts []int, opts ...persistence.ReplayOption) {
 		var records int64
 		start := time.Now()
 		for b.Loop() {
-			st, err := l.Replay(ctx, ns, parts, func(persistence.Record) error { return nil }, nil)
+			st, err := l.Replay(ctx, ns, parts, func(persistence.Record) error { return nil }, nil, opts...)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -117,6 +119,38 @@ func BenchmarkReplay(b *testing.B) {
 	for _, share := range []int{128, 342, 683} {
 		b.Run(fmt.Sprintf("Partitions%d", share), func(b *testing.B) { replay(b, plain, "bench", all[:share]) })
 	}
+	// Several readers, beside a raw read by as many consumers: the ratio
+	// to compare is with the raw read that splits the stream alike.
+	for _, readers := range []int{2, 4} {
+		b.Run(fmt.Sprintf("AlternatingReaders%d", readers), func(b *testing.B) {
+			var replayTime, rawTime time.Duration
+			var records int64
+			for b.Loop() {
+				start := time.Now()
+				if _, err := bench.RawOrderedReadParallel(ctx, c.JS, plain.Stream(), "cachebus.rec.log.bench.*.*", readers, n); err != nil {
+					b.Fatal(err)
+				}
+				rawTime += time.Since(start)
+				start = time.Now()
+				st, err := plain.Replay(ctx, "bench", all, func(persistence.Record) error { return nil }, nil,
+					persistence.ReplayReaders(readers))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if st.Records != int64(n) || st.Readers != readers {
+					b.Fatalf("replayed %+v, want %d records by %d readers", st, n, readers)
+				}
+				replayTime += time.Since(start)
+				records += st.Records
+			}
+			b.ReportMetric(float64(records)/replayTime.Seconds(), "replay-records/s")
+			b.ReportMetric(float64(records)/rawTime.Seconds(), "raw-records/s")
+			b.ReportMetric(rawTime.Seconds()/replayTime.Seconds(), "replay/raw")
+		})
+	}
+	b.Run("Partitions342Readers2", func(b *testing.B) {
+		replay(b, plain, "bench", all[:342], persistence.ReplayReaders(2))
+	})
 }
 
 // rawRead reads want messages of filter with an ordered consumer set up as

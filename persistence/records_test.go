@@ -1174,3 +1174,258 @@ func TestSeal(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayReaders: with several readers every record of the partitions
+// asked for is handed over exactly once, whichever way partitions are
+// filtered, with tombstones and expired records counted as with one
+// reader, and fn is called from several goroutines.
+func TestReplayReaders(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	l := openLog(t, c, persistence.RecordLogConfig{TombstoneTTL: time.Hour})
+	const n = 12_000
+	key := func(i int) string { return "k" + strconv.Itoa(i) }
+	var recs []persistence.Record
+	for i := range n {
+		r := persistence.Record{NS: "s", Partition: partition.PartitionOf(key(i)), Key: key(i), Value: []byte(key(i)), Version: uint64(i + 1)}
+		switch i % 10 {
+		case 1:
+			r.Value, r.Deleted = nil, true // a tombstone
+		case 2:
+			r.Expires = time.Now().Add(-time.Minute) // expired when written: the server's TTL or the read drops it
+		}
+		recs = append(recs, r)
+	}
+	// Another namespace, interleaved, so that "all" filters by subject.
+	for i := range 500 {
+		recs = append(recs, persistence.Record{NS: "t", Partition: partition.PartitionOf(key(i)), Key: key(i), Value: []byte("other")})
+	}
+	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+	if err := l.WriteAll(ctx10(t), recs); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		parts   []int
+		filter  string
+		readers int
+	}{
+		{"all", all, "all", 4},
+		{"a third", all[:342], "subjects", 3},
+		{"two thirds", all[:700], "namespace", 3},
+		{"one", []int{partition.PartitionOf(key(7))}, "subjects", 8},
+		{"more readers than allowed", all, "all", 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := map[int]bool{}
+			for _, p := range tc.parts {
+				want[p] = true
+			}
+			var mu sync.Mutex
+			seen := map[string]int{}
+			var inFn, maxInFn atomic.Int32
+			var reports []persistence.ReplayProgress
+			var inProgress atomic.Int32
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			start := time.Now()
+			st, err := l.Replay(ctx, "s", tc.parts, func(r persistence.Record) error {
+				in := inFn.Add(1)
+				defer inFn.Add(-1)
+				for m := maxInFn.Load(); in > m && !maxInFn.CompareAndSwap(m, in); m = maxInFn.Load() {
+				}
+				if r.NS != "s" || !want[r.Partition] || r.Partition != partition.PartitionOf(r.Key) {
+					t.Errorf("replayed %+v", r)
+				}
+				if !r.Deleted && string(r.Value) != r.Key {
+					t.Errorf("%s = %q", r.Key, r.Value)
+				}
+				mu.Lock()
+				seen[r.Key]++
+				mu.Unlock()
+				return nil
+			}, func(p persistence.ReplayProgress) {
+				if inProgress.Add(1) != 1 {
+					t.Error("progress called concurrently")
+				}
+				reports = append(reports, p)
+				inProgress.Add(-1)
+			}, persistence.ReplayReaders(tc.readers))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wantRecords, wantDeleted, wantExpired int64
+			for i := range n {
+				if !want[partition.PartitionOf(key(i))] {
+					continue
+				}
+				switch i % 10 {
+				case 2:
+					wantExpired++
+					continue
+				case 1:
+					wantDeleted++
+				}
+				wantRecords++
+				if seen[key(i)] != 1 {
+					t.Errorf("%s handed over %d times", key(i), seen[key(i)])
+				}
+			}
+			if int64(len(seen)) != wantRecords || st.Records != wantRecords || st.Deleted != wantDeleted ||
+				st.Expired > wantExpired || st.Rejected != 0 || st.Filter != tc.filter {
+				t.Errorf("%d keys, stats %+v; want %d records, %d deleted, at most %d expired, filter %s",
+					len(seen), st, wantRecords, wantDeleted, wantExpired, tc.filter)
+			}
+			if st.Readers < 2 || st.Readers > persistence.MaxReplayReaders || st.Readers > tc.readers {
+				t.Errorf("%d readers, asked for %d", st.Readers, tc.readers)
+			}
+			if len(reports) == 0 {
+				t.Fatal("no progress")
+			}
+			last := reports[len(reports)-1]
+			if last.Records != st.Records || last.Messages != st.Messages || last.Bytes != st.Bytes || last.Percent != 100 {
+				t.Errorf("last report %+v, stats %+v", last, st)
+			}
+			for i := 1; i < len(reports); i++ {
+				if reports[i].Records < reports[i-1].Records || reports[i].Percent < reports[i-1].Percent ||
+					reports[i].Percent > 100 || reports[i].Messages < reports[i-1].Messages {
+					t.Errorf("progress went back: %+v then %+v", reports[i-1], reports[i])
+				}
+			}
+			t.Logf("%d readers, fn called %d at once at most, in %s: %+v", st.Readers, maxInFn.Load(), time.Since(start).Round(time.Millisecond), st)
+		})
+	}
+	// A small stream is read by fewer readers: no reader with a handful
+	// of sequences.
+	stream, err := c.JS.Stream(ctx10(t), l.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx10(t)); err != nil {
+		t.Fatal(err)
+	}
+	put(t, l, "s", "a", "1", time.Time{})
+	put(t, l, "s", "b", "2", time.Time{})
+	got := 0
+	st, err := l.Replay(ctx10(t), "s", all, func(persistence.Record) error { got++; return nil }, nil, persistence.ReplayReaders(4))
+	if err != nil || got != 2 || st.Readers != 1 {
+		t.Errorf("small stream: %d records, %+v, %v; want 2 by one reader", got, st, err)
+	}
+}
+
+// TestReplayReadersStop: with several readers, a callback's error ends
+// the replay with it, as does the context, and fn is never called once
+// Replay has returned.
+func TestReplayReadersStop(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	l := openLog(t, c, persistence.RecordLogConfig{})
+	var recs []persistence.Record
+	for i := range 20_000 {
+		k := "k" + strconv.Itoa(i)
+		recs = append(recs, persistence.Record{NS: "s", Partition: partition.PartitionOf(k), Key: k})
+	}
+	if err := l.WriteAll(ctx10(t), recs); err != nil {
+		t.Fatal(err)
+	}
+	var returned atomic.Bool
+	var calls atomic.Int64
+	check := func() {
+		if returned.Load() {
+			t.Error("fn called after Replay returned")
+		}
+	}
+	boom := errors.New("store full")
+	_, err := l.Replay(ctx10(t), "s", all, func(persistence.Record) error {
+		check()
+		if calls.Add(1) == 100 {
+			return boom
+		}
+		return nil
+	}, nil, persistence.ReplayReaders(4))
+	returned.Store(true)
+	if !errors.Is(err, boom) {
+		t.Errorf("err %v, want %v", err, boom)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	returned.Store(false)
+	calls.Store(0)
+	_, err = l.Replay(ctx, "s", all, func(persistence.Record) error {
+		check()
+		if calls.Add(1) == 100 {
+			cancel()
+		}
+		return nil
+	}, nil, persistence.ReplayReaders(4))
+	returned.Store(true)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want context.Canceled", err)
+	}
+	n := calls.Load()
+	if got, _ := replayed(t, l, "s", all); len(got) != 20_000 {
+		t.Errorf("replay after cancel: %d records", len(got))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if calls.Load() != n {
+		t.Errorf("cancelled callback %d→%d calls", n, calls.Load())
+	}
+}
+
+// TestReplayReadersGaps: the messages at the end of one reader's range
+// and at the end of the stream go before they are read: every reader
+// still ends, and every record left is handed over once.
+func TestReplayReadersGaps(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	l := openLog(t, c, persistence.RecordLogConfig{})
+	// Two readers over 2×4105 sequences: the first reads 1 to 4105 and
+	// pulls 4096 at first; 4097 to 4105 and the last 10 go meanwhile.
+	const n = 2 * 4105
+	var recs []persistence.Record
+	for i := range n {
+		k := "k" + strconv.Itoa(i)
+		recs = append(recs, persistence.Record{NS: "s", Partition: partition.PartitionOf(k), Key: k})
+	}
+	if err := l.WriteAll(ctx10(t), recs); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.JS.Stream(ctx10(t), l.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := map[string]bool{}
+	for _, r := range append(slices.Clone(recs[4096:4105]), recs[n-10:]...) {
+		gone[r.Key] = true
+	}
+	var once sync.Once
+	var mu sync.Mutex
+	seen := map[string]int{}
+	st, err := l.Replay(ctx10(t), "s", all, func(r persistence.Record) error {
+		once.Do(func() {
+			for k := range gone {
+				if err := stream.Purge(ctx10(t), jetstream.WithPurgeSubject(l.Codec().Subject("s", partition.PartitionOf(k), k))); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+		mu.Lock()
+		seen[r.Key]++
+		mu.Unlock()
+		return nil
+	}, nil, persistence.ReplayReaders(2))
+	if err != nil || st.Readers != 2 {
+		t.Fatalf("%+v, %v", st, err)
+	}
+	for _, r := range recs {
+		if want := 1; gone[r.Key] {
+			// Purged once the replay began: read or not, once at most.
+			if seen[r.Key] > 1 {
+				t.Errorf("%s handed over %d times", r.Key, seen[r.Key])
+			}
+		} else if seen[r.Key] != want {
+			t.Errorf("%s handed over %d times", r.Key, seen[r.Key])
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -474,6 +475,11 @@ func (s *Server) endTaking(parts []int, ok bool) {
 	}
 }
 
+// replayReaders is how many readers a replay at takeover uses: one per
+// CPU, 4 at most. Records are applied by key under striped locks into a
+// sharded store, so the readers' callbacks run side by side.
+func replayReaders() int { return min(runtime.GOMAXPROCS(0), 4) }
+
 // replayFromLog takes partitions parts, which no live node holds, with
 // the long-term records the record log keeps of them: the node serves
 // them only once every long-term namespace is read back. Writes made
@@ -542,7 +548,7 @@ func (s *Server) replayFromLog(parts []int) {
 			lastLog = time.Now()
 			s.log.Info("replaying long-term records", "ns", ns, "partitions", len(parts), "records", pr.Records,
 				"bytes", pr.Bytes, "rate", int64(pr.Rate), "percent", fmt.Sprintf("%.0f", pr.Percent))
-		})
+		}, persistence.ReplayReaders(replayReaders()))
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("long-term records not replayed: the partitions wait", "ns", ns, "partitions", len(parts), "err", err)

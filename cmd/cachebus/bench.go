@@ -36,6 +36,7 @@ type benchConfig struct {
 	Size        int           `envconfig:"BENCH_SIZE" default:"100" desc:"records: value size in bytes"`
 	Keys        int           `envconfig:"BENCH_KEYS" default:"100000" desc:"records: key space"`
 	Records     int           `envconfig:"BENCH_RECORDS" default:"1000000" desc:"replay: long-term records loaded, then replayed"`
+	Readers     int           `envconfig:"BENCH_READERS" default:"0" desc:"replay: readers of the parallel replay (0: the CPUs, 2 to 4)"`
 }
 
 // benchKinds are the benchmarks `cachebus bench <kind>` runs.
@@ -49,7 +50,7 @@ func init() {
 	register(&command{
 		name:    "bench",
 		summary: "measure the bus (fanout: publish→applied latency or throughput) or the cache tier (records: get and put ops/s; replay: long-term records read back into memory)",
-		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]\n  records [--clients 16] [--duration 10s] [--nodes 2] [--backups 1] [--size 100] [--nats URL]\n  replay [--records 1000000] [--size 100] [--rounds 3] [--nats URL]",
+		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]\n  records [--clients 16] [--duration 10s] [--nodes 2] [--backups 1] [--size 100] [--nats URL]\n  replay [--records 1000000] [--size 100] [--rounds 3] [--readers N] [--nats URL]",
 		config: func() any {
 			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100,
 				Clients: 16, Conns: 1, Nodes: 2, Backups: 1, Size: 100, Keys: 100000, Records: 1000000}
@@ -75,6 +76,7 @@ func init() {
 			fs.IntVar(&cfg.Size, "size", cfg.Size, "records: value size in bytes")
 			fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "records: key space")
 			fs.IntVar(&cfg.Records, "records", cfg.Records, "replay: long-term records loaded, then replayed")
+			fs.IntVar(&cfg.Readers, "readers", cfg.Readers, "replay: readers of the parallel replay (0: the CPUs, 2 to 4)")
 		},
 		run: runBench,
 	})

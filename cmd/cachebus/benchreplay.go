@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -24,8 +25,12 @@ const benchReplayNS = "bench-replay"
 // log, then replays every partition into a cache node's store, round after
 // round, alternating with a raw ordered consumer reading the same
 // messages: the records/s of each and their ratio, measured side by side so
-// that a busy machine slows both alike. With CACHEBUS_RECORD_KEY set the
-// records are sealed, and the replay opens them.
+// that a busy machine slows both alike. The replay runs with one reader
+// and with several (persistence.ReplayReaders; --readers,
+// by default the CPUs from 2 to 4), and the raw read with one consumer and
+// with as many over the same shares of the stream, so that each ratio
+// compares like with like. With CACHEBUS_RECORD_KEY set the records are
+// sealed, and the replay opens them.
 func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	if cfg.Records <= 0 || cfg.Size < 0 {
 		return usagef("replay: --records must be positive and --size not negative")
@@ -102,32 +107,61 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	for i := range all {
 		all[i] = i
 	}
+	readers, err := benchReplayReaders(cfg.Readers)
+	if err != nil {
+		return err
+	}
 	// Room for every record twice over: bigcache overwrites the oldest
 	// entries of a full shard, which would lose records, not time.
 	maxMB := max(64, cfg.Records*(cfg.Size+96)*2>>20)
-	var rawTime, replayTime, best time.Duration
-	var replayed int64
-	var how string
-	for range rounds {
+	// Four ways in each round: the raw read with one consumer (the
+	// reference of the issue's target) and with as many as the parallel
+	// replay uses, and the replay with one reader and with several. The
+	// order turns round every round, so a machine growing busier slows
+	// none of them more than the others.
+	type way struct {
+		name    string
+		readers int
+		raw     bool
+		time    time.Duration
+		best    time.Duration
+		records int64
+		filter  string
+	}
+	ways := []*way{{name: "raw", readers: 1, raw: true}, {name: "raw", readers: readers, raw: true},
+		{name: "replay", readers: 1}, {name: "replay", readers: readers}}
+	run := func(w *way) error {
 		t0 := time.Now()
-		n, err := bench.RawOrderedRead(ctx, c.JS, log.Stream(), rawFilter, cfg.Records)
-		if err != nil {
-			return err
+		if w.raw {
+			var n int64
+			var err error
+			if w.readers == 1 {
+				n, err = bench.RawOrderedRead(ctx, c.JS, log.Stream(), rawFilter, cfg.Records)
+			} else {
+				n, err = bench.RawOrderedReadParallel(ctx, c.JS, log.Stream(), rawFilter, w.readers, cfg.Records)
+			}
+			if err != nil {
+				return err
+			}
+			took := time.Since(t0)
+			if n != int64(cfg.Records) {
+				return fmt.Errorf("replay: raw read %d of %d records", n, cfg.Records)
+			}
+			w.time += took
+			w.records += n
+			return nil
 		}
-		rawTime += time.Since(t0)
-		if n != int64(cfg.Records) {
-			return fmt.Errorf("replay: raw read %d of %d records", n, cfg.Records)
-		}
-
 		store := cachenode.NewStore(cachenode.StoreConfig{MaxMB: maxMB, MaxTTL: 2 * time.Hour, Log: env.log})
 		t0 = time.Now()
+		// The store is safe for concurrent use: with several readers
+		// fn is called from each one's goroutine.
 		rs, err := log.Replay(ctx, benchReplayNS, all, func(r persistence.Record) error {
 			if r.Deleted {
 				store.Delete(r.NS, r.Key)
 				return nil
 			}
 			return store.SetUntil(r.NS, r.Key, r.Value, r.Expires.UnixNano())
-		}, nil)
+		}, nil, persistence.ReplayReaders(w.readers))
 		took := time.Since(t0)
 		entries := store.Stats(benchReplayNS).Entries
 		store.Close()
@@ -137,22 +171,50 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		if rs.Records != int64(cfg.Records) || rs.Rejected != 0 || entries != cfg.Records {
 			return fmt.Errorf("replay: %d records replayed, %d rejected, %d in memory; want %d", rs.Records, rs.Rejected, entries, cfg.Records)
 		}
-		replayTime += took
-		replayed += rs.Records
-		how = rs.Filter
-		if best == 0 || took < best {
-			best = took
+		w.time += took
+		w.records += rs.Records
+		w.filter = fmt.Sprintf("filter %s, %d readers", rs.Filter, rs.Readers)
+		if w.best == 0 || took < w.best {
+			w.best = took
+		}
+		return nil
+	}
+	for round := range rounds {
+		for i := range ways {
+			if round%2 == 1 {
+				i = len(ways) - 1 - i
+			}
+			if err := run(ways[i]); err != nil {
+				return err
+			}
 		}
 	}
 	_ = st.Purge(ctx, jetstream.WithPurgeSubject(filter))
 
-	rate := func(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() }
+	rate := func(w *way) float64 { return float64(w.records) / w.time.Seconds() }
+	raw1, rawN, replay1, replayN := ways[0], ways[1], ways[2], ways[3]
 	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "machine\t%s\n", machine)
 	fmt.Fprintf(w, "records\t%d of %d bytes (sealed: %v, server message TTLs: %v)\n", cfg.Records, cfg.Size, log.Sealed(), log.MsgTTL())
-	fmt.Fprintf(w, "load\t%s, %.0f records/s, each acknowledged\n", load.Round(time.Millisecond), rate(int64(cfg.Records), load))
-	fmt.Fprintf(w, "raw ordered consumer\t%.0f records/s (filter %q)\n", rate(int64(rounds*cfg.Records), rawTime), rawFilter)
-	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw; filter %s)\n", rate(replayed, replayTime), rawTime.Seconds()/replayTime.Seconds(), how)
-	fmt.Fprintf(w, "ready\t%s for %d records (best of %d rounds)\n", best.Round(time.Millisecond), cfg.Records, rounds)
+	fmt.Fprintf(w, "load\t%s, %.0f records/s, each acknowledged\n", load.Round(time.Millisecond), float64(cfg.Records)/load.Seconds())
+	fmt.Fprintf(w, "raw ordered consumer\t%.0f records/s (1 consumer, filter %q)\n", rate(raw1), rawFilter)
+	fmt.Fprintf(w, "raw ordered consumers\t%.0f records/s (%d consumers over shares of the stream)\n", rate(rawN), readers)
+	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw with 1 consumer; %s)\n", rate(replay1), rate(replay1)/rate(raw1), replay1.filter)
+	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw with 1 consumer, %.2f × raw with %d; %s)\n",
+		rate(replayN), rate(replayN)/rate(raw1), rate(replayN)/rate(rawN), readers, replayN.filter)
+	fmt.Fprintf(w, "ready\t%s for %d records with %d readers, %s with 1 (best of %d rounds)\n",
+		replayN.best.Round(time.Millisecond), cfg.Records, readers, replay1.best.Round(time.Millisecond), rounds)
 	return w.Flush()
+}
+
+// benchReplayReaders is how many readers the parallel replay of `cachebus
+// bench replay` uses: n (--readers) when set, else the CPUs, 2 to 4.
+func benchReplayReaders(n int) (int, error) {
+	if n == 0 {
+		return min(max(runtime.GOMAXPROCS(0), 2), 4), nil
+	}
+	if n < 1 || n > persistence.MaxReplayReaders {
+		return 0, usagef("replay: --readers must be 1 to %d, got %d", persistence.MaxReplayReaders, n)
+	}
+	return n, nil
 }
