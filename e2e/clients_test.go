@@ -5,19 +5,12 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"math/rand/v2"
-	"net"
-	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
-	"github.com/cachebus/cachebus/bus/bustest"
 )
 
 // applied is one event a recorder was given.
@@ -127,31 +120,6 @@ func abbrev(s []string) string {
 	return strings.Join(s, " ")
 }
 
-// connect connects to NATS at urls (comma-separated) and logs only the
-// bus's warnings, into the test log.
-func connect(t *testing.T, urls string) *bus.Conn {
-	t.Helper()
-	return bustest.Connect(t, urls, bus.WithLogger(warnLogger(t)))
-}
-
-// warnLogger logs the bus clients' warnings into the test log, or
-// everything with CACHEBUS_E2E_DEBUG set.
-func warnLogger(t testing.TB) *slog.Logger {
-	level := slog.LevelWarn
-	if os.Getenv("CACHEBUS_E2E_DEBUG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: level}))
-}
-
-type testLog struct{ t testing.TB }
-
-func (w testLog) Write(p []byte) (int, error) {
-	defer func() { _ = recover() }() // a line logged after the test ended
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func subscribe(t *testing.T, c *bus.Conn, opts bus.SubscriberOptions) (*bus.Subscriber, *recorder) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -163,78 +131,4 @@ func subscribe(t *testing.T, c *bus.Conn, opts bus.SubscriberOptions) (*bus.Subs
 	}
 	t.Cleanup(s.Close)
 	return s, rec
-}
-
-// waitListening waits until addr (host:port) accepts TCP connections.
-func waitListening(t testing.TB, timeout time.Duration, what, addr string, p *proc) {
-	t.Helper()
-	bustest.WaitFor(t, timeout, what+" listening on "+addr, func() bool {
-		if p != nil && p.Exited() {
-			t.Fatalf("%s exited (%s) before listening on %s", p.name, p.status(), addr)
-		}
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	})
-}
-
-// Ports handed out by freePort, never twice in one test binary.
-var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{}
-)
-
-// freePort returns a TCP port free on 127.0.0.1, below the kernel's
-// ephemeral range (32768 and up on Linux). A port from that range, as
-// bustest.FreePort gives, may be taken as the source port of an outgoing
-// connection — the cluster's own routes — between the test choosing it and
-// the daemon binding it, and then the daemon fails to start.
-func freePort(t testing.TB) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		if ports[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		_ = ln.Close()
-		ports[port] = true
-		return port
-	}
-	t.Fatal("no free port in 20000-31999")
-	return 0
-}
-
-func freeAddr(t testing.TB) string {
-	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
-}
-
-var httpClient = &http.Client{Timeout: 5 * time.Second}
-
-// httpDo sends a request and returns the status and body; a transport
-// error is status 0 with the error as body.
-func httpDo(req *http.Request) (int, string) {
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, string(body)
-}
-
-func httpGet(url string) (int, string) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err.Error()
-	}
-	return httpDo(req)
 }

@@ -15,218 +15,10 @@ import (
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
-	"github.com/nats-io/nats.go"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-// natsNode is one `cachebus nats` process of a test cluster.
-type natsNode struct {
-	name     string
-	url      string // nats://127.0.0.1:port
-	httpAddr string // CACHEBUS_HTTP_ADDR: /healthz, /readyz, /metrics
-	env      map[string]string
-	p        *proc
-}
-
-// natsCluster is a NATS cluster of `cachebus nats` processes with
-// JetStream replicas 3, each on free ports with its own store directory.
-type natsCluster struct {
-	t     *testing.T
-	nodes []*natsNode
-}
-
-func startCluster(t *testing.T, size int) *natsCluster {
-	t.Helper()
-	c := &natsCluster{t: t}
-	routes := make([]string, size)
-	for i := range size {
-		routes[i] = "nats://" + freeAddr(t)
-	}
-	for i := range size {
-		n := &natsNode{name: fmt.Sprintf("n%d", i+1), httpAddr: freeAddr(t)}
-		port := freePort(t)
-		n.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
-		var peers []string
-		for j, r := range routes {
-			if j != i {
-				peers = append(peers, r)
-			}
-		}
-		n.env = map[string]string{
-			"CACHEBUS_NATS_HOST":           "127.0.0.1",
-			"CACHEBUS_NATS_PORT":           fmt.Sprint(port),
-			"CACHEBUS_NATS_SERVER_NAME":    n.name,
-			"CACHEBUS_NATS_STORE_DIR":      t.TempDir(),
-			"CACHEBUS_NATS_CLUSTER_NAME":   "e2e",
-			"CACHEBUS_NATS_CLUSTER_LISTEN": strings.TrimPrefix(routes[i], "nats://"),
-			"CACHEBUS_NATS_ROUTES":         strings.Join(peers, ","),
-			"CACHEBUS_EVENTS_REPLICAS":     "3",
-			"CACHEBUS_STATE_REPLICAS":      "3",
-			"CACHEBUS_NODES_REPLICAS":      "3",
-			"CACHEBUS_HTTP_ADDR":           n.httpAddr,
-		}
-		c.nodes = append(c.nodes, n)
-	}
-	for _, n := range c.nodes {
-		c.start(n)
-	}
-	for _, n := range c.nodes {
-		waitListening(t, 30*time.Second, n.name, strings.TrimPrefix(n.url, "nats://"), n.p)
-	}
-	return c
-}
-
-// start starts (or restarts, with the same ports and store) node n.
-func (c *natsCluster) start(n *natsNode) {
-	c.t.Helper()
-	n.p = startProc(c.t, n.name, n.env, "nats")
-}
-
-// URLs is the comma-separated client URL list of every node.
-func (c *natsCluster) URLs() string {
-	urls := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
-		urls[i] = n.url
-	}
-	return strings.Join(urls, ",")
-}
-
-func (c *natsCluster) node(name string) *natsNode {
-	c.t.Helper()
-	for _, n := range c.nodes {
-		if n.name == name {
-			return n
-		}
-	}
-	c.t.Fatalf("no node named %q in the cluster", name)
-	return nil
-}
-
-// connectFirst connects to n, and to the other nodes only when n is gone.
-func (c *natsCluster) connectFirst(t *testing.T, n *natsNode) *bus.Conn {
-	t.Helper()
-	urls := []string{n.url}
-	for _, m := range without(c.nodes, n) {
-		urls = append(urls, m.url)
-	}
-	conn := bustest.Connect(t, strings.Join(urls, ","), bus.WithLogger(warnLogger(t)),
-		bus.WithNATSOptions(nats.DontRandomize()))
-	if got := conn.NC.ConnectedServerName(); got != n.name {
-		t.Fatalf("connected to %s, want %s", got, n.name)
-	}
-	return conn
-}
-
-// waitReady waits until the node answers 200 on /readyz: its server is up
-// and the event log and the state bucket exist.
-func (n *natsNode) waitReady(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	var code int
-	var body string
-	defer func() {
-		if code != 200 {
-			t.Logf("%s: last GET /readyz = %d %s", n.name, code, body)
-		}
-	}()
-	bustest.WaitFor(t, timeout, n.name+" /readyz = 200", func() bool {
-		if n.p.Exited() {
-			t.Fatalf("%s exited (%s) before it was ready", n.name, n.p.status())
-		}
-		code, body = httpGet("http://" + n.httpAddr + "/readyz")
-		return code == 200
-	})
-}
-
-// eventLog waits until every node is ready, which means the cluster has a
-// JetStream meta leader and the nodes have created the event log and the
-// state bucket, and checks that both have three replicas.
-func (c *natsCluster) eventLog(conn *bus.Conn) jetstream.Stream {
-	t := c.t
-	t.Helper()
-	for _, n := range c.nodes {
-		n.waitReady(t, 60*time.Second)
-		if code, body := httpGet("http://" + n.httpAddr + "/healthz"); code != 200 {
-			t.Errorf("%s: GET /healthz = %d %q, want 200", n.name, code, body)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := conn.JS.Stream(ctx, conn.Subjects.EventStream())
-	if err != nil {
-		t.Fatalf("event log after every node is ready: %v", err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatalf("event log info: %v", err)
-	}
-	if info.Config.Replicas != 3 {
-		t.Errorf("event log has %d replicas, want 3 (CACHEBUS_EVENTS_REPLICAS=3)", info.Config.Replicas)
-	}
-	kv, err := conn.JS.KeyValue(ctx, conn.Subjects.StateBucket())
-	if err != nil {
-		t.Fatalf("state bucket after every node is ready: %v", err)
-	}
-	status, err := kv.Status(ctx)
-	if err != nil {
-		t.Fatalf("state bucket status: %v", err)
-	}
-	if r := status.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Replicas; r != 3 {
-		t.Errorf("state bucket has %d replicas, want 3 (CACHEBUS_STATE_REPLICAS=3)", r)
-	}
-	return st
-}
-
-// clusterInfo returns the event log's cluster view, retrying through
-// leader elections for at most 10s.
-func clusterInfo(t *testing.T, st jetstream.Stream) *jetstream.ClusterInfo {
-	t.Helper()
-	var ci *jetstream.ClusterInfo
-	bustest.WaitFor(t, 10*time.Second, "event log info", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		info, err := st.Info(ctx)
-		if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
-			return false
-		}
-		ci = info.Cluster
-		return true
-	})
-	return ci
-}
-
-// allCurrent reports whether the log has a leader and two replicas that are
-// online and current, the three being the nodes of the cluster.
-func allCurrent(ci *jetstream.ClusterInfo, names ...string) bool {
-	if ci == nil || ci.Leader == "" || len(ci.Replicas) != len(names)-1 {
-		return false
-	}
-	seen := map[string]bool{ci.Leader: true}
-	for _, r := range ci.Replicas {
-		if !r.Current || r.Offline {
-			return false
-		}
-		seen[r.Name] = true
-	}
-	for _, n := range names {
-		if !seen[n] {
-			return false
-		}
-	}
-	return true
-}
-
-func describe(ci *jetstream.ClusterInfo) string {
-	if ci == nil {
-		return "no cluster info"
-	}
-	parts := []string{"leader " + ci.Leader}
-	for _, r := range ci.Replicas {
-		parts = append(parts, fmt.Sprintf("%s current=%v offline=%v lag=%d active=%s",
-			r.Name, r.Current, r.Offline, r.Lag, r.Active.Round(time.Millisecond)))
-	}
-	return strings.Join(parts, "; ")
-}
 
 // publishExpires publishes one expire per key through the guaranteed path
 // and returns their sequences in the log. The publisher retries each one
@@ -327,48 +119,48 @@ func lastSeq(sources ...*source) uint64 {
 func TestClusterSurvivesLosingStreamLeader(t *testing.T) {
 	t.Parallel() // with the other cluster test: both mostly wait for timeouts
 	start := time.Now()
-	cl := startCluster(t, 3)
-	admin := connect(t, cl.URLs())
-	st := cl.eventLog(admin)
-	t.Logf("cluster up with the event log at R3 in %s: %s", time.Since(start).Round(time.Millisecond), describe(clusterInfo(t, st)))
+	cl := harn.StartCluster(t, 3)
+	admin := harness.Connect(t, cl.URLs())
+	st := cl.EventLog(admin)
+	t.Logf("cluster up with the event log at R3 in %s: %s", time.Since(start).Round(time.Millisecond), harness.Describe(harness.ClusterInfo(t, st)))
 
 	// The worst case, deterministically: a publisher and a subscriber are
 	// connected to the node that will be killed, another publisher and
 	// another subscriber to a node that survives.
-	leader := cl.node(clusterInfo(t, st).Leader)
-	survivor := without(cl.nodes, leader)[0]
+	leader := cl.Node(harness.ClusterInfo(t, st).Leader)
+	survivor := harness.Without(cl.Nodes, leader)[0]
 	subs := []struct {
 		what string
 		conn *bus.Conn
 		sub  *bus.Subscriber
 		rec  *recorder
 	}{
-		{what: "subscriber of the killed node " + leader.name, conn: cl.connectFirst(t, leader)},
-		{what: "subscriber of the surviving node " + survivor.name, conn: cl.connectFirst(t, survivor)},
+		{what: "subscriber of the killed node " + leader.Name, conn: cl.ConnectFirst(t, leader)},
+		{what: "subscriber of the surviving node " + survivor.Name, conn: cl.ConnectFirst(t, survivor)},
 	}
 	for i := range subs {
 		subs[i].sub, subs[i].rec = subscribe(t, subs[i].conn, bus.SubscriberOptions{Name: subs[i].what})
 	}
-	a := newSource(t, "a", cl.connectFirst(t, leader))
-	b := newSource(t, "b", cl.connectFirst(t, survivor))
+	a := newSource(t, "a", cl.ConnectFirst(t, leader))
+	b := newSource(t, "b", cl.ConnectFirst(t, survivor))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
 	publishConcurrently(ctx, t, 0, 100, a, b)
 	beforeKill := lastSeq(a, b)
-	ci := clusterInfo(t, st)
-	if ci.Leader != leader.name {
-		t.Fatalf("the event log's leader moved from %s to %s with no fault", leader.name, ci.Leader)
+	ci := harness.ClusterInfo(t, st)
+	if ci.Leader != leader.Name {
+		t.Fatalf("the event log's leader moved from %s to %s with no fault", leader.Name, ci.Leader)
 	}
-	t.Logf("200 expires stored up to seq %d; SIGKILL of %s, the event log's leader (%s)", beforeKill, leader.name, describe(ci))
+	t.Logf("200 expires stored up to seq %d; SIGKILL of %s, the event log's leader (%s)", beforeKill, leader.Name, harness.Describe(ci))
 	killed := time.Now()
-	leader.p.Kill()
+	leader.P.Kill()
 
 	publishConcurrently(ctx, t, 100, 200, a, b)
 	t.Logf("200 more expires acknowledged %s after the kill (publish retries: %v by %s, %v by %s); log now led by %s",
 		time.Since(killed).Round(time.Millisecond),
 		testutil.ToFloat64(a.conn.Metrics.PublishRetries), a.pub.Origin(),
-		testutil.ToFloat64(b.conn.Metrics.PublishRetries), b.pub.Origin(), clusterInfo(t, st).Leader)
+		testutil.ToFloat64(b.conn.Metrics.PublishRetries), b.pub.Origin(), harness.ClusterInfo(t, st).Leader)
 	seqs := slices.Sorted(slices.Values(append(slices.Clone(a.seqs), b.seqs...)))
 	for i := 1; i < len(seqs); i++ {
 		if seqs[i] != seqs[i-1]+1 {
@@ -390,7 +182,7 @@ func TestClusterSurvivesLosingStreamLeader(t *testing.T) {
 	}
 
 	// A member that was away during the failover resumes where it left off.
-	late, lateRec := subscribe(t, connect(t, cl.URLs()), bus.SubscriberOptions{Name: "e2e-late", ResumeAfter: beforeKill})
+	late, lateRec := subscribe(t, harness.Connect(t, cl.URLs()), bus.SubscriberOptions{Name: "e2e-late", ResumeAfter: beforeKill})
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
 	if err := late.WaitSeq(wctx, last); err != nil {
@@ -400,16 +192,16 @@ func TestClusterSurvivesLosingStreamLeader(t *testing.T) {
 
 	// The log itself, read from the start on the surviving nodes only.
 	var survivors []string
-	for _, n := range without(cl.nodes, leader) {
-		survivors = append(survivors, n.url)
+	for _, n := range harness.Without(cl.Nodes, leader) {
+		survivors = append(survivors, n.URL)
 	}
-	checkLog(ctx, t, connect(t, strings.Join(survivors, ",")), a.keys, b.keys)
+	checkLog(ctx, t, harness.Connect(t, strings.Join(survivors, ",")), a.keys, b.keys)
 
 	// The killed node comes back with its store and catches up.
-	cl.start(leader)
+	cl.Start(leader)
 	restarted := time.Now()
 	var info *jetstream.ClusterInfo
-	bustest.WaitFor(t, 60*time.Second, leader.name+" back as a current replica of the event log", func() bool {
+	bustest.WaitFor(t, 60*time.Second, leader.Name+" back as a current replica of the event log", func() bool {
 		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
 		defer icancel()
 		si, err := st.Info(ictx)
@@ -417,19 +209,19 @@ func TestClusterSurvivesLosingStreamLeader(t *testing.T) {
 			return false
 		}
 		info = si.Cluster
-		return allCurrent(info, "n1", "n2", "n3")
+		return harness.AllCurrent(info, "n1", "n2", "n3")
 	})
-	t.Logf("%s rejoined and is current %s after its restart: %s", leader.name, time.Since(restarted).Round(time.Millisecond), describe(info))
-	leader.waitReady(t, 30*time.Second)
+	t.Logf("%s rejoined and is current %s after its restart: %s", leader.Name, time.Since(restarted).Round(time.Millisecond), harness.Describe(info))
+	leader.WaitReady(t, 30*time.Second)
 
 	// A clean stop of every node, the rejoined one last.
 	for _, s := range subs {
 		s.sub.Close()
 	}
 	late.Close()
-	for _, n := range append(without(cl.nodes, leader), leader) {
-		took := n.p.Terminate(15 * time.Second)
-		t.Logf("%s exited 0 %s after SIGTERM", n.name, took.Round(time.Millisecond))
+	for _, n := range append(harness.Without(cl.Nodes, leader), leader) {
+		took := n.P.Terminate(15 * time.Second)
+		t.Logf("%s exited 0 %s after SIGTERM", n.Name, took.Round(time.Millisecond))
 	}
 }
 
@@ -455,16 +247,6 @@ func logConsumers(t *testing.T, st jetstream.Stream) {
 		}
 		t.Logf("event log consumer %s on %s: delivered up to seq %d, %d pending", ci.Name, leader, ci.Delivered.Stream, ci.NumPending)
 	}
-}
-
-func without(nodes []*natsNode, n *natsNode) []*natsNode {
-	var out []*natsNode
-	for _, m := range nodes {
-		if m != n {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 // checkLog reads the whole event log from its first sequence with an
@@ -558,17 +340,17 @@ func readLog(ctx context.Context, c *bus.Conn, total int) (*recorder, map[string
 // every expire has been applied once, in order, with no flush.
 func TestClusterFrozenStreamLeader(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 3)
-	admin := connect(t, cl.URLs())
-	st := cl.eventLog(admin)
-	leader := cl.node(clusterInfo(t, st).Leader)
-	others := without(cl.nodes, leader)
+	cl := harn.StartCluster(t, 3)
+	admin := harness.Connect(t, cl.URLs())
+	st := cl.EventLog(admin)
+	leader := cl.Node(harness.ClusterInfo(t, st).Leader)
+	others := harness.Without(cl.Nodes, leader)
 
 	// The subscriber is connected to the leader; the publisher and the
 	// test's own look at the log never use it.
-	subConn := cl.connectFirst(t, leader)
+	subConn := cl.ConnectFirst(t, leader)
 	sub, rec := subscribe(t, subConn, bus.SubscriberOptions{Name: "e2e-frozen-sub"})
-	ctl := connect(t, others[0].url+","+others[1].url)
+	ctl := harness.Connect(t, others[0].URL+","+others[1].URL)
 	pub, err := bus.NewPublisher(ctl, "e2e-pub")
 	if err != nil {
 		t.Fatal(err)
@@ -588,19 +370,19 @@ func TestClusterFrozenStreamLeader(t *testing.T) {
 		t.Fatalf("subscriber before the freeze: %v", err)
 	}
 
-	t.Logf("SIGSTOP of %s, the event log's leader and the subscriber's server", leader.name)
+	t.Logf("SIGSTOP of %s, the event log's leader and the subscriber's server", leader.Name)
 	frozen := time.Now()
-	leader.p.Signal(syscall.SIGSTOP)
+	leader.P.Signal(syscall.SIGSTOP)
 	thawed := false
 	defer func() {
 		if !thawed {
-			leader.p.Signal(syscall.SIGCONT)
+			leader.P.Signal(syscall.SIGCONT)
 		}
 	}()
 	after := userKeys(100, 200)
 	seqs = append(seqs, publishExpires(ctx, t, pub, after)...)
 	t.Logf("100 more expires acknowledged %s after the freeze; log now led by %s",
-		time.Since(frozen).Round(time.Millisecond), clusterInfo(t, st).Leader)
+		time.Since(frozen).Round(time.Millisecond), harness.ClusterInfo(t, st).Leader)
 
 	want := append(append([]string(nil), before...), after...)
 	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
@@ -613,10 +395,10 @@ func TestClusterFrozenStreamLeader(t *testing.T) {
 		subConn.NC.ConnectedServerName(), time.Since(frozen).Round(time.Millisecond))
 	checkApplied(t, "subscriber of the frozen server", rec, want)
 
-	leader.p.Signal(syscall.SIGCONT)
+	leader.P.Signal(syscall.SIGCONT)
 	thawed = true
 	var last *jetstream.ClusterInfo
-	bustest.WaitFor(t, 60*time.Second, leader.name+" thawed and current again", func() bool {
+	bustest.WaitFor(t, 60*time.Second, leader.Name+" thawed and current again", func() bool {
 		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
 		defer icancel()
 		info, err := st.Info(ictx)
@@ -624,8 +406,8 @@ func TestClusterFrozenStreamLeader(t *testing.T) {
 			return false
 		}
 		last = info.Cluster
-		return allCurrent(last, "n1", "n2", "n3") && info.State.LastSeq == seqs[len(seqs)-1]
+		return harness.AllCurrent(last, "n1", "n2", "n3") && info.State.LastSeq == seqs[len(seqs)-1]
 	})
-	t.Logf("after SIGCONT: %s", describe(last))
+	t.Logf("after SIGCONT: %s", harness.Describe(last))
 	checkLog(ctx, t, ctl, want)
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/lbgateway"
 )
 
@@ -166,7 +167,7 @@ func newComposeStack(t *testing.T, tool composeTool) *composeStack {
 				time.Until(d).Round(time.Second), composeCleanupTime)
 		}
 	}
-	s.ports.gw1, s.ports.gw2, s.ports.nats, s.ports.admin = freePort(t), freePort(t), freePort(t), freePort(t)
+	s.ports.gw1, s.ports.gw2, s.ports.nats, s.ports.admin = harness.FreePort(t), harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)
 	// The test's environment without its CACHEBUS_* variables, which the
 	// compose file would otherwise take, plus the stack's own.
 	for _, kv := range os.Environ() {
@@ -203,7 +204,7 @@ func (s *composeStack) mustCompose(timeout time.Duration, services []string, arg
 	s.t.Helper()
 	out, err := s.compose(timeout, args...)
 	if err != nil {
-		s.fatalf(services, "%s %s: %v\n%s", s.tool.name, strings.Join(args, " "), err, tail(out, 60))
+		s.fatalf(services, "%s %s: %v\n%s", s.tool.name, strings.Join(args, " "), err, harness.Tail(out, 60))
 	}
 	return out
 }
@@ -246,13 +247,13 @@ func (s *composeStack) prepare() (goImage string) {
 	script := filepath.Join(s.repo, "compose", "local-image.sh")
 	start := time.Now()
 	if out, err := composeExec(s.clip(5*time.Minute), nil, s.repo, "bash", script, "context", s.ctxDir); err != nil {
-		s.t.Fatalf("local-image.sh context: %v\n%s", err, tail(out, 40))
+		s.t.Fatalf("local-image.sh context: %v\n%s", err, harness.Tail(out, 40))
 	}
 	s.t.Logf("build context with vendored modules in %s: %s", s.ctxDir, time.Since(start).Round(time.Millisecond))
 	start = time.Now()
 	out, err := composeExec(s.clip(10*time.Minute), nil, s.repo, "bash", script, "base")
 	if err != nil {
-		s.t.Fatalf("local-image.sh base: %v\n%s", err, tail(out, 40))
+		s.t.Fatalf("local-image.sh base: %v\n%s", err, harness.Tail(out, 40))
 	}
 	goImage = lastLine(out)
 	s.t.Logf("Go base image %s: %s", goImage, time.Since(start).Round(time.Millisecond))
@@ -270,7 +271,7 @@ func (s *composeStack) build(goImage string) {
 	s.t.Logf("image %s built by %s build: %s", s.image, s.tool.name, time.Since(start).Round(time.Millisecond))
 	if out, err := composeExec(s.clip(5*time.Minute), nil, s.ctxDir, "docker", "build", "-q", "-f", "compose/Dockerfile",
 		"--build-arg", "GO_IMAGE="+goImage, "--target", "build", "-t", s.image+"-build", "."); err != nil {
-		s.t.Fatalf("docker build --target build: %v\n%s", err, tail(out, 40))
+		s.t.Fatalf("docker build --target build: %v\n%s", err, harness.Tail(out, 40))
 	}
 }
 
@@ -284,7 +285,7 @@ func (s *composeStack) cleanup() {
 		s.printLogs()
 	}
 	if out, err := s.compose(3*time.Minute, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
-		s.t.Errorf("%s down: %v\n%s", s.tool.name, err, tail(out, 40))
+		s.t.Errorf("%s down: %v\n%s", s.tool.name, err, harness.Tail(out, 40))
 	}
 	out, err := composeExec(time.Minute, nil, "", "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+s.project)
 	if err != nil || strings.TrimSpace(out) != "" {
@@ -402,7 +403,7 @@ func (s *composeStack) waitFor(timeout time.Duration, what string, services []st
 // published NATS port, as an operator would, and requires exit 0.
 func (s *composeStack) cachebus(timeout time.Duration, services []string, args ...string) string {
 	s.t.Helper()
-	code, out := runCachebus(s.t, s.clip(timeout), map[string]string{"CACHEBUS_NATS_URL": s.natsURL()}, args...)
+	code, out := harn.Run(s.t, s.clip(timeout), map[string]string{"CACHEBUS_NATS_URL": s.natsURL()}, args...)
 	if code != 0 {
 		s.fatalf(services, "cachebus %s: exit %d\n%s", strings.Join(args, " "), code, out)
 	}
@@ -419,7 +420,7 @@ func (s *composeStack) gatewayStatus(gw string) (lbgateway.Status, error) {
 		return st, err
 	}
 	req.SetBasicAuth("e2e", composeToken)
-	resp, err := httpClient.Do(req)
+	resp, err := harness.HTTPClient.Do(req)
 	if err != nil {
 		return st, err
 	}

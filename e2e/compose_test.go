@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/lbgateway"
 )
 
@@ -87,7 +88,7 @@ func composeAdmin(t *testing.T, s *composeStack) {
 			t.Fatal(err)
 		}
 		req.Header.Set("Authorization", "Bearer "+composeToken)
-		code, body := httpDo(req)
+		code, body := harness.HTTPDo(req)
 		if code != http.StatusOK {
 			t.Logf("GET /v1/status: %d %s", code, body)
 			return false
@@ -115,7 +116,7 @@ func composeAdmin(t *testing.T, s *composeStack) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, body := httpDo(req); code != http.StatusUnauthorized {
+	if code, body := harness.HTTPDo(req); code != http.StatusUnauthorized {
 		s.fatalf([]string{"nats1"}, "POST /v1/fallback without the token: %d %s, want 401", code, body)
 	}
 	t.Logf("admin: nats1's API answers the host on port %d; members up: %v", s.ports.admin, up)
@@ -245,7 +246,7 @@ func composeFallback(t *testing.T, s *composeStack, alice, anon *composeUser, ho
 // another app with its counter. It returns the new users.
 func composeDrain(t *testing.T, s *composeStack, alice *composeUser, home string) []*composeUser {
 	t.Helper()
-	drain := startProc(t, "cachebus drain app "+home, map[string]string{"CACHEBUS_NATS_URL": s.natsURL()},
+	drain := harn.Start(t, "cachebus drain app "+home, map[string]string{"CACHEBUS_NATS_URL": s.natsURL()},
 		"drain", "app", home, "--deadline", "10s", "--wait", "--timeout", "90s")
 	s.waitGateways(15*time.Second, home+" draining", func(st lbgateway.Status) bool {
 		state := stateOf(st, home)

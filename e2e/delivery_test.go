@@ -10,24 +10,9 @@ import (
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go"
 )
-
-// startNATS runs a single `cachebus nats` with its own store and waits until
-// it is ready.
-func startNATS(t *testing.T) *natsNode {
-	t.Helper()
-	port := freePort(t)
-	n := &natsNode{name: "nats", url: fmt.Sprintf("nats://127.0.0.1:%d", port), httpAddr: freeAddr(t)}
-	n.env = map[string]string{
-		"CACHEBUS_NATS_PORT":      fmt.Sprint(port),
-		"CACHEBUS_NATS_STORE_DIR": t.TempDir(),
-		"CACHEBUS_HTTP_ADDR":      n.httpAddr,
-	}
-	n.p = startProc(t, n.name, n.env, "nats")
-	n.waitReady(t, 30*time.Second)
-	return n
-}
 
 // TestRetriedPublishAppliedOnce sends what bus.Publisher sends when an
 // acknowledgement is lost and it retries (it happens on every stream
@@ -35,14 +20,14 @@ func startNATS(t *testing.T) *natsNode {
 // stores it once; every subscriber must apply it once, although its core
 // copy arrives twice.
 func TestRetriedPublishAppliedOnce(t *testing.T) {
-	n := startNATS(t)
+	n := harn.StartNATS(t)
 	var subs []*bus.Subscriber
 	var recs []*recorder
 	for i := range 3 {
-		sub, rec := subscribe(t, connect(t, n.url), bus.SubscriberOptions{Name: fmt.Sprintf("e2e-%d", i)})
+		sub, rec := subscribe(t, harness.Connect(t, n.URL), bus.SubscriberOptions{Name: fmt.Sprintf("e2e-%d", i)})
 		subs, recs = append(subs, sub), append(recs, rec)
 	}
-	c := connect(t, n.url)
+	c := harness.Connect(t, n.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	var want []string

@@ -3,48 +3,19 @@
 package e2e
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 )
-
-var (
-	demoOnce sync.Once
-	demoBin  string
-	demoErr  error
-)
-
-// demoappBinary builds ./cmd/demoapp once for the tests that run it.
-func demoappBinary(t *testing.T) string {
-	t.Helper()
-	demoOnce.Do(func() {
-		demoBin = filepath.Join(binDir, "demoapp")
-		args := []string{"build", "-o", demoBin}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command("go", append(args, "github.com/cachebus/cachebus/cmd/demoapp")...).CombinedOutput()
-		if err != nil {
-			demoErr = fmt.Errorf("go build ./cmd/demoapp: %w\n%s", err, out)
-		}
-	})
-	if demoErr != nil {
-		t.Fatal(demoErr)
-	}
-	return demoBin
-}
 
 // browser is one user of the demo through the gateway: its cookies, no
 // redirects followed.
@@ -78,23 +49,23 @@ func (b *browser) post(u string, form url.Values) (int, string, string) {
 // session has idled out, and the session goes on on the other app with
 // its counter intact, since it lives in the cache tier.
 func TestDemoAppDrainsOnSIGTERM(t *testing.T) {
-	bin := demoappBinary(t)
+	bin := harn.Demoapp(t)
 	timing := map[string]string{"CACHEBUS_HEARTBEAT_INTERVAL": "100ms", "CACHEBUS_FAILURE_TIMEOUT": "1s"}
 	devEnv := map[string]string{"CACHEBUS_GATEWAY_DRAIN_IDLE": "30s"}
 	for k, v := range timing {
 		devEnv[k] = v
 	}
-	dev := startProc(t, "dev", devEnv, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--apps", "0")
+	dev := harn.Start(t, "dev", devEnv, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--apps", "0")
 	natsURL := dev.WaitLine(30*time.Second, devNATSRe)[1]
 	gw := dev.WaitLine(10*time.Second, devGatewayRe)[1]
 
-	startApp := func(id string) *proc {
-		env := map[string]string{"CACHEBUS_NATS_URL": natsURL, "CACHEBUS_DEMO_ID": id, "CACHEBUS_DEMO_LISTEN": freeAddr(t),
+	startApp := func(id string) *harness.Proc {
+		env := map[string]string{"CACHEBUS_NATS_URL": natsURL, "CACHEBUS_DEMO_ID": id, "CACHEBUS_DEMO_LISTEN": harness.FreeAddr(t),
 			"CACHEBUS_DEMO_SESSION_IDLE": "1s", "CACHEBUS_DEMO_DRAIN_TIMEOUT": "30s", "CACHEBUS_DEMO_COMPUTE_DELAY": "0s"}
 		for k, v := range timing {
 			env[k] = v
 		}
-		p := startBinary(t, bin, id, env)
+		p := harness.StartBinary(t, bin, id, env)
 		p.WaitLine(30*time.Second, regexp.MustCompile(`^`+id+` serving on `))
 		return p
 	}

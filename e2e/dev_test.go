@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go"
 )
 
@@ -35,17 +36,17 @@ var (
 func TestDev(t *testing.T) {
 	// Its own TMPDIR, to see that its temporary store is gone after exit.
 	tmp := t.TempDir()
-	dev := startProc(t, "dev", map[string]string{"TMPDIR": tmp}, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+	dev := harn.Start(t, "dev", map[string]string{"TMPDIR": tmp}, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
 	natsURL := dev.WaitLine(30*time.Second, devNATSRe)[1]
 	adminURL := dev.WaitLine(5*time.Second, devAdminRe)[1]
 	token := dev.WaitLine(5*time.Second, devTokenRe)[1]
 	t.Logf("dev: NATS %s, admin %s", natsURL, adminURL)
 
-	if code, body := httpGet(adminURL + "/healthz"); code != 200 {
+	if code, body := harness.HTTPGet(adminURL + "/healthz"); code != 200 {
 		t.Fatalf("GET /healthz = %d %q, want 200", code, body)
 	}
 	bustest.WaitFor(t, 15*time.Second, "dev /readyz = 200", func() bool {
-		code, _ := httpGet(adminURL + "/readyz")
+		code, _ := harness.HTTPGet(adminURL + "/readyz")
 		return code == 200
 	})
 
@@ -53,16 +54,16 @@ func TestDev(t *testing.T) {
 	var subs []*bus.Subscriber
 	var recs []*recorder
 	for i := range 5 {
-		sub, rec := subscribe(t, connect(t, natsURL), bus.SubscriberOptions{Name: fmt.Sprintf("e2e-dev-%d", i)})
+		sub, rec := subscribe(t, harness.Connect(t, natsURL), bus.SubscriberOptions{Name: fmt.Sprintf("e2e-dev-%d", i)})
 		subs, recs = append(subs, sub), append(recs, rec)
 	}
-	conn := connect(t, natsURL)
+	conn := harness.Connect(t, natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var want []string
 
 	// 1. The CLI, as its own process, told where NATS is by CACHEBUS_NATS_URL.
-	code, out := runCachebus(t, 20*time.Second, map[string]string{"CACHEBUS_NATS_URL": natsURL}, "expire", "users", "user:42")
+	code, out := harn.Run(t, 20*time.Second, map[string]string{"CACHEBUS_NATS_URL": natsURL}, "expire", "users", "user:42")
 	if code != 0 {
 		t.Fatalf("cachebus expire users user:42 exited %d:\n%s", code, out)
 	}
@@ -76,7 +77,7 @@ func TestDev(t *testing.T) {
 	// 2. curl -H 'Authorization: Bearer …' --data-binary 'user:43' …/v1/expire/users
 	req, _ := http.NewRequest(http.MethodPost, adminURL+"/v1/expire/users", strings.NewReader("user:43"))
 	req.Header.Set("Authorization", "Bearer "+token)
-	code, body := httpDo(req)
+	code, body := harness.HTTPDo(req)
 	if code != 200 {
 		t.Fatalf("POST /v1/expire/users = %d %q, want 200", code, body)
 	}
@@ -90,12 +91,12 @@ func TestDev(t *testing.T) {
 
 	// Without the token, nothing is published.
 	req, _ = http.NewRequest(http.MethodPost, adminURL+"/v1/expire/users", strings.NewReader("user:666"))
-	if code, body := httpDo(req); code != http.StatusUnauthorized {
+	if code, body := harness.HTTPDo(req); code != http.StatusUnauthorized {
 		t.Errorf("POST /v1/expire/users without a token = %d %q, want 401", code, body)
 	}
 	req, _ = http.NewRequest(http.MethodPost, adminURL+"/v1/expire/users", strings.NewReader("user:666"))
 	req.Header.Set("Authorization", "Bearer not-"+token)
-	if code, body := httpDo(req); code != http.StatusUnauthorized {
+	if code, body := harness.HTTPDo(req); code != http.StatusUnauthorized {
 		t.Errorf("POST /v1/expire/users with a wrong token = %d %q, want 401", code, body)
 	}
 

@@ -25,5 +25,7 @@
 //	CACHEBUS_REQUIRE_DOCKER=1    fail, not skip, when no Docker engine answers
 //
 // A failing test prints the tail of the output of each of its processes.
-// The package needs a Unix system, for the signals.
+// The package needs a Unix system, for the signals. The helpers that build
+// the binaries and start NATS servers, cache nodes and other processes are
+// in e2e/harness, shared with the fault suite in e2e/fault.
 package e2e

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/lbgateway"
 )
 
@@ -34,7 +35,7 @@ const (
 // appProc is an app server process with its announce sidecar.
 type appProc struct {
 	id, addr, log string
-	app, sidecar  *proc
+	app, sidecar  *harness.Proc
 }
 
 // startApps starts one app server per id, each announced by a
@@ -44,10 +45,10 @@ func startApps(t *testing.T, natsURL string, ids ...string) []*appProc {
 	dir := t.TempDir()
 	var apps []*appProc
 	for _, id := range ids {
-		a := &appProc{id: id, addr: freeAddr(t), log: filepath.Join(dir, id+".log")}
-		a.app = startBinary(t, os.Args[0], id, map[string]string{appServerEnv: a.addr, "E2E_APP_ID": id, "E2E_APP_LOG": a.log})
-		waitListening(t, 10*time.Second, id, a.addr, a.app)
-		a.sidecar = startProc(t, id+"-announce", map[string]string{
+		a := &appProc{id: id, addr: harness.FreeAddr(t), log: filepath.Join(dir, id+".log")}
+		a.app = harness.StartBinary(t, os.Args[0], id, map[string]string{appServerEnv: a.addr, "E2E_APP_ID": id, "E2E_APP_LOG": a.log})
+		harness.WaitListening(t, 10*time.Second, id, a.addr, a.app)
+		a.sidecar = harn.Start(t, id+"-announce", map[string]string{
 			"CACHEBUS_NATS_URL":               natsURL,
 			"CACHEBUS_HEARTBEAT_INTERVAL":     gwHeartbeat.String(),
 			"CACHEBUS_FAILURE_TIMEOUT":        gwFailureTimeout.String(),
@@ -63,7 +64,7 @@ func startApps(t *testing.T, natsURL string, ids ...string) []*appProc {
 var gatewayURLRe = regexp.MustCompile(`gateway \S+: (http://\S+)`)
 
 // startGatewayProc starts `cachebus gateway` and returns its URL.
-func startGatewayProc(t *testing.T, natsURL, id string, extra map[string]string) (*proc, string) {
+func startGatewayProc(t *testing.T, natsURL, id string, extra map[string]string) (*harness.Proc, string) {
 	t.Helper()
 	env := map[string]string{
 		"CACHEBUS_NATS_URL":            natsURL,
@@ -76,7 +77,7 @@ func startGatewayProc(t *testing.T, natsURL, id string, extra map[string]string)
 	for k, v := range extra {
 		env[k] = v
 	}
-	p := startProc(t, id, env, "gateway", "--id", id, "--addr", "127.0.0.1:0", "--http", "127.0.0.1:0")
+	p := harn.Start(t, id, env, "gateway", "--id", id, "--addr", "127.0.0.1:0", "--http", "127.0.0.1:0")
 	url := p.WaitLine(30*time.Second, gatewayURLRe)[1]
 	return p, url
 }
@@ -84,7 +85,7 @@ func startGatewayProc(t *testing.T, natsURL, id string, extra map[string]string)
 // gatewayStatus reads the gateway's status.json.
 func gatewayStatus(t *testing.T, url string) lbgateway.Status {
 	t.Helper()
-	code, body := httpGet(url + "/_cachebus/status.json")
+	code, body := harness.HTTPGet(url + "/_cachebus/status.json")
 	if code != http.StatusOK {
 		t.Fatalf("status.json: %d %s", code, body)
 	}
@@ -281,9 +282,9 @@ func served(t *testing.T, apps []*appProc) map[string]int {
 // SIGKILLed: its sessions move, GETs are retried and succeed, and no POST
 // is served twice. Last, the gateway stops cleanly on SIGTERM.
 func TestGatewayDrainAndKill(t *testing.T) {
-	n := startNATS(t)
-	apps := startApps(t, n.url, "b1", "b2", "b3")
-	gw, url := startGatewayProc(t, n.url, "gw1", nil)
+	n := harn.StartNATS(t)
+	apps := startApps(t, n.URL, "b1", "b2", "b3")
+	gw, url := startGatewayProc(t, n.URL, "gw1", nil)
 	bustest.WaitFor(t, 15*time.Second, "three apps up in the gateway", func() bool {
 		st := gatewayStatus(t, url)
 		return stateOf(st, "b1") == "up" && stateOf(st, "b2") == "up" && stateOf(st, "b3") == "up"
@@ -300,7 +301,7 @@ func TestGatewayDrainAndKill(t *testing.T) {
 	drained := make(chan string, 1)
 	start := time.Now()
 	go func() {
-		_, out := runCachebus(t, 60*time.Second, map[string]string{"CACHEBUS_NATS_URL": n.url,
+		_, out := harn.Run(t, 60*time.Second, map[string]string{"CACHEBUS_NATS_URL": n.URL,
 			"CACHEBUS_FAILURE_TIMEOUT": gwFailureTimeout.String()}, "drain", "app", "b2", "--wait", "--timeout", "60s")
 		drained <- out
 	}()

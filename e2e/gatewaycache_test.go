@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/lbgateway"
 )
 
@@ -35,7 +36,7 @@ func fetch(t *testing.T, method, url string, h http.Header) answer {
 		req.Header[k] = v
 	}
 	start := time.Now()
-	resp, err := httpClient.Do(req)
+	resp, err := harness.HTTPClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -146,7 +147,7 @@ func hits(t *testing.T, gws []*cacheGW, paths ...string) {
 // runs to completion. It returns, per gateway, how long after since its
 // last path was seen purged, and how long cmd took to exit (a binary
 // built with -race sleeps a second before it exits).
-func waitPurged(t *testing.T, what string, since time.Time, cmd *proc, gws []*cacheGW, paths ...string) ([]time.Duration, time.Duration) {
+func waitPurged(t *testing.T, what string, since time.Time, cmd *harness.Proc, gws []*cacheGW, paths ...string) ([]time.Duration, time.Duration) {
 	t.Helper()
 	seen := make([]time.Duration, len(gws))
 	left := make([]map[string]bool, len(gws))
@@ -186,7 +187,7 @@ func waitPurged(t *testing.T, what string, since time.Time, cmd *proc, gws []*ca
 	})
 	if cmd != nil {
 		if code := cmd.Wait(time.Second); code != 0 {
-			t.Fatalf("%s exited %d:\n%s", cmd.name, code, cmd.Output())
+			t.Fatalf("%s exited %d:\n%s", cmd.Name(), code, cmd.Output())
 		}
 	}
 	for _, g := range gws {
@@ -223,7 +224,7 @@ func waitGateways(t *testing.T, what string, since time.Time, gws []*cacheGW, co
 // directly.
 func appServed(t *testing.T, addr string) int {
 	t.Helper()
-	code, body := httpGet("http://" + addr + "/_e2e/served")
+	code, body := harness.HTTPGet("http://" + addr + "/_e2e/served")
 	if code != http.StatusOK {
 		t.Fatalf("app %s: /_e2e/served: %d %s", addr, code, body)
 	}
@@ -267,21 +268,21 @@ func ms(ds []time.Duration) string {
 // 503 for the rest, without asking the app; when the app is SIGKILLed,
 // the gateways fall back by themselves.
 func TestGatewayCacheCLI(t *testing.T) {
-	n := startNATS(t)
-	apps := startApps(t, n.url, "c1")
+	n := harn.StartNATS(t)
+	apps := startApps(t, n.URL, "c1")
 	app := apps[0]
 	env := map[string]string{"CACHEBUS_GATEWAY_CACHE": "/static/"}
 	var gws []*cacheGW
 	for _, id := range []string{"gwc1", "gwc2"} {
-		_, url := startGatewayProc(t, n.url, id, env)
+		_, url := startGatewayProc(t, n.URL, id, env)
 		gws = append(gws, &cacheGW{name: id, url: url, fresh: map[string]string{}})
 	}
 	waitGateways(t, "c1 up in both gateways", time.Now(), gws, func(st lbgateway.Status) bool {
 		s := stateOf(st, "c1")
 		return s == "up" || s == "slow-start"
 	})
-	cli := func(args ...string) *proc {
-		return startProc(t, "cachebus "+strings.Join(args, " "), map[string]string{"CACHEBUS_NATS_URL": n.url}, args...)
+	cli := func(args ...string) *harness.Proc {
+		return harn.Start(t, "cachebus "+strings.Join(args, " "), map[string]string{"CACHEBUS_NATS_URL": n.URL}, args...)
 	}
 
 	// 1. Each gateway fetches a page once, then answers it from its cache.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/e2e/harness"
 )
 
 // TestLongTermSurvivesSIGKILL writes long-term records through a lone
@@ -19,38 +19,38 @@ import (
 // JetStream, and it serves every acknowledged record with its value and
 // none of the deleted ones.
 func TestLongTermSurvivesSIGKILL(t *testing.T) {
-	nats := startNATS(t)
-	node := startCacheNodesWith(t, nats.url, map[string]string{
-		"CACHEBUS_LONG_TERM":  recordsNS,
+	nats := harn.StartNATS(t)
+	node := harn.StartCacheNodesWith(t, nats.URL, map[string]string{
+		"CACHEBUS_LONG_TERM":  harness.RecordsNS,
 		"CACHEBUS_RECORD_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	}, "lt1")[0]
-	node.waitReady(t, 30*time.Second)
-	cl := nodeClient(t, nats.url)
+	node.WaitReady(t, 30*time.Second)
+	cl := harness.NodeClient(t, nats.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	key := func(i int) string { return fmt.Sprintf("session:%06d", i) }
 	value := func(i int) string { return fmt.Sprintf("token-%d-%x", i, i*7919) }
 	start := time.Now()
-	parallel(ctx, t, longTermRecords, func(i int) error {
+	harness.Parallel(ctx, t, longTermRecords, func(i int) error {
 		if i%10 == 0 {
-			if _, err := cl.Put(ctx, recordsNS, key(i), []byte("doomed"), time.Hour); err != nil {
+			if _, err := cl.Put(ctx, harness.RecordsNS, key(i), []byte("doomed"), time.Hour); err != nil {
 				return err
 			}
-			return cl.Delete(ctx, recordsNS, key(i))
+			return cl.Delete(ctx, harness.RecordsNS, key(i))
 		}
-		_, err := cl.Put(ctx, recordsNS, key(i), []byte(value(i)), time.Hour)
+		_, err := cl.Put(ctx, harness.RecordsNS, key(i), []byte(value(i)), time.Hour)
 		return err
 	})
 	took := time.Since(start)
 	t.Logf("%d long-term records written and acknowledged in %s (%.0f/s)", longTermRecords, took.Round(time.Millisecond),
 		float64(longTermRecords)/took.Seconds())
 
-	node.p.Signal(syscall.SIGKILL)
-	node.p.Wait(10 * time.Second)
+	node.P.Signal(syscall.SIGKILL)
+	node.P.Wait(10 * time.Second)
 	restart := time.Now()
-	node.start(t)
-	node.waitReady(t, 2*time.Minute)
+	node.Start(t)
+	node.WaitReady(t, 2*time.Minute)
 	t.Logf("restarted node ready in %s", time.Since(restart).Round(time.Millisecond))
 
 	const batch = 500
@@ -59,7 +59,7 @@ func TestLongTermSurvivesSIGKILL(t *testing.T) {
 		for i := from; i < min(from+batch, longTermRecords); i++ {
 			keys = append(keys, key(i))
 		}
-		got, err := cl.GetMulti(ctx, recordsNS, keys)
+		got, err := cl.GetMulti(ctx, harness.RecordsNS, keys)
 		if err != nil {
 			t.Fatalf("get %s…: %v", keys[0], err)
 		}
@@ -75,63 +75,6 @@ func TestLongTermSurvivesSIGKILL(t *testing.T) {
 	}
 }
 
-// nodeClient is a cache tier client on its own connection to natsURL.
-func nodeClient(t *testing.T, natsURL string) *cachenode.Client {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cl, err := cachenode.NewClient(ctx, connect(t, natsURL), cachenode.ClientOptions{FailureTimeout: nodeFailureTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
-// parallel runs op for 0..n-1 on 32 goroutines and fails the test on the
-// first error.
-func parallel(ctx context.Context, t *testing.T, n int, op func(i int) error) {
-	t.Helper()
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-	)
-	next := make(chan int)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := op(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = fmt.Errorf("op %d: %w", i, err)
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		mu.Lock()
-		failed := first != nil
-		mu.Unlock()
-		if failed || ctx.Err() != nil {
-			break
-		}
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = ctx.Err()
-	}
-	if first != nil {
-		t.Fatal(first)
-	}
-}
-
 // TestLongTermSurvivesNATSNodeLoss writes unique long-term records through
 // a cache node on a three-node NATS cluster (record log on three
 // replicas) while one NATS server is SIGKILLed; then the cache node is
@@ -141,16 +84,16 @@ func parallel(ctx context.Context, t *testing.T, n int, op func(i int) error) {
 // writes at once while the log has no quorum) are tried again, as an
 // application would, and every one must end acknowledged.
 func TestLongTermSurvivesNATSNodeLoss(t *testing.T) {
-	c := startCluster(t, 3)
-	for _, n := range c.nodes {
-		n.waitReady(t, 60*time.Second)
+	c := harn.StartCluster(t, 3)
+	for _, n := range c.Nodes {
+		n.WaitReady(t, 60*time.Second)
 	}
-	node := startCacheNodesWith(t, c.URLs(), map[string]string{
-		"CACHEBUS_LONG_TERM":        recordsNS,
+	node := harn.StartCacheNodesWith(t, c.URLs(), map[string]string{
+		"CACHEBUS_LONG_TERM":        harness.RecordsNS,
 		"CACHEBUS_RECORDS_REPLICAS": "3",
 	}, "lt1")[0]
-	node.waitReady(t, 60*time.Second)
-	cl := nodeClient(t, c.URLs())
+	node.WaitReady(t, 60*time.Second)
+	cl := harness.NodeClient(t, c.URLs())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -178,7 +121,7 @@ func TestLongTermSurvivesNATSNodeLoss(t *testing.T) {
 				// the retries give up.
 				for try := 0; try < 200; try++ {
 					wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
-					_, err := cl.Put(wctx, recordsNS, key(i), []byte(fmt.Sprint("v", i)), time.Hour)
+					_, err := cl.Put(wctx, harness.RecordsNS, key(i), []byte(fmt.Sprint("v", i)), time.Hour)
 					wcancel()
 					mu.Lock()
 					if err == nil {
@@ -199,31 +142,31 @@ func TestLongTermSurvivesNATSNodeLoss(t *testing.T) {
 			}
 		}()
 	}
-	victim := c.nodes[0]
+	victim := c.Nodes[0]
 	var killed time.Time
 	for i := range total {
 		if i == killAt {
-			victim.p.Signal(syscall.SIGKILL)
+			victim.P.Signal(syscall.SIGKILL)
 			killed = time.Now()
 		}
 		next <- i
 	}
 	close(next)
 	wg.Wait()
-	victim.p.Wait(10 * time.Second)
+	victim.P.Wait(10 * time.Second)
 	t.Logf("%d writes: %d acknowledged, %d attempts refused or failed, NATS server %s killed after %d were sent; writes accepted again %s after the kill",
-		total, len(acked), failed, victim.name, killAt, sinceOrNever(recovered, killed))
+		total, len(acked), failed, victim.Name, killAt, sinceOrNever(recovered, killed))
 	if len(acked) < total {
 		t.Fatalf("only %d of %d writes acknowledged, retries included, with two of three NATS servers up", len(acked), total)
 	}
 
-	node.p.Signal(syscall.SIGKILL)
-	node.p.Wait(10 * time.Second)
-	node.start(t)
-	node.waitReady(t, 2*time.Minute)
+	node.P.Signal(syscall.SIGKILL)
+	node.P.Wait(10 * time.Second)
+	node.Start(t)
+	node.WaitReady(t, 2*time.Minute)
 	lost := 0
 	for _, i := range acked {
-		rec, err := cl.Get(ctx, recordsNS, key(i))
+		rec, err := cl.Get(ctx, harness.RecordsNS, key(i))
 		if err != nil || string(rec.Value) != fmt.Sprint("v", i) {
 			if lost < 5 {
 				t.Errorf("acknowledged %s after the NATS server and the node were killed: %v %q", key(i), err, rec.Value)

@@ -6,14 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
+
+	"github.com/cachebus/cachebus/e2e/harness"
 )
 
-// cachebusBin is the cachebus binary under test, set by TestMain.
-var cachebusBin string
+// harn starts the processes of the tests, from the binaries TestMain
+// builds.
+var harn *harness.Harness
 
 func TestMain(m *testing.M) {
 	// The test binary doubles as the app servers behind the gateway, so
@@ -29,9 +29,8 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
-// binDir holds the binaries the tests build, removed after the run.
-var binDir string
-
+// run builds the binaries into a directory removed after the run: with
+// the race detector when the tests have it (see harness.Build).
 func run(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "cachebus-e2e-")
 	if err != nil {
@@ -39,45 +38,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	binDir = dir
-	if bin := os.Getenv("CACHEBUS_E2E_BIN"); bin != "" {
-		abs, err := filepath.Abs(bin)
-		if err == nil {
-			_, err = os.Stat(abs)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: CACHEBUS_E2E_BIN=%s: %v\n", bin, err)
-			return 1
-		}
-		cachebusBin = abs
-		return m.Run()
-	}
-	cachebusBin = filepath.Join(dir, "cachebus")
-	if err := build(cachebusBin); err != nil {
+	bins, err := harness.Build(dir, raceEnabled)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
+	harn = harness.New(bins)
 	return m.Run()
-}
-
-// build compiles ./cmd/cachebus to out. The binary gets the race detector
-// when the tests have it, so that races in the daemons' shutdown and
-// failover paths fail the tests too, and so that the build reuses the
-// packages `go test -race` has just compiled.
-func build(out string) error {
-	args := []string{"build", "-o", out}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/cachebus/cachebus/cmd/cachebus")
-	cmd := exec.Command("go", args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go %v: %w", args, err)
-	}
-	if testing.Verbose() {
-		fmt.Printf("e2e: built %s (race=%v) in %s\n", out, raceEnabled, time.Since(start).Round(time.Millisecond))
-	}
-	return nil
 }

@@ -4,12 +4,9 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -22,18 +19,14 @@ import (
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode"
 	"github.com/cachebus/cachebus/cachenode/partition"
-	"github.com/cachebus/cachebus/cachenode/server"
 	"github.com/cachebus/cachebus/cachenode/wire"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/persistence"
 )
 
-// Settings of the cache nodes of the tests, and of the load they serve.
+// Settings of the load the cache nodes of the tests serve. The nodes'
+// own settings are the harness's: harness.NodeHeartbeat and the like.
 const (
-	nodeHeartbeat      = 100 * time.Millisecond
-	nodeFailureTimeout = time.Second
-	nodeAdminToken     = "e2e-node-token"
-	recordsNS          = "sessions"
-
 	// outageMargin is what a read or write outage may last beyond the
 	// failure timeout: the client's own view of the heartbeats, a request
 	// lost with the killed node (opTimeout), scheduling under -race on a
@@ -56,121 +49,6 @@ const (
 	loadPace    = 2 * time.Millisecond
 )
 
-// cacheNode is one `cachebus node` process of a test.
-type cacheNode struct {
-	id       string
-	httpAddr string // CACHEBUS_HTTP_ADDR: /readyz, /v1/status, /v1/records/
-	env      map[string]string
-	p        *proc
-}
-
-// startCacheNodes starts one `cachebus node` per id on the NATS server at
-// natsURL, the ids being the first baseline, each with its own admin port.
-func startCacheNodes(t *testing.T, natsURL string, ids ...string) []*cacheNode {
-	t.Helper()
-	return startCacheNodesWith(t, natsURL, nil, ids...)
-}
-
-// startCacheNodesWith is startCacheNodes with the variables of extra added
-// to every node's environment.
-func startCacheNodesWith(t *testing.T, natsURL string, extra map[string]string, ids ...string) []*cacheNode {
-	t.Helper()
-	nodes := make([]*cacheNode, len(ids))
-	for i, id := range ids {
-		n := &cacheNode{id: id, httpAddr: freeAddr(t)}
-		n.env = map[string]string{
-			"CACHEBUS_NODE_ID":            id,
-			"CACHEBUS_NATS_URL":           natsURL,
-			"CACHEBUS_HTTP_ADDR":          n.httpAddr,
-			"CACHEBUS_ADMIN_TOKEN":        nodeAdminToken,
-			"CACHEBUS_BASELINE":           strings.Join(ids, ","),
-			"CACHEBUS_BACKUPS":            "1",
-			"CACHEBUS_HEARTBEAT_INTERVAL": nodeHeartbeat.String(),
-			"CACHEBUS_FAILURE_TIMEOUT":    nodeFailureTimeout.String(),
-		}
-		for k, v := range extra {
-			n.env[k] = v
-		}
-		n.start(t)
-		nodes[i] = n
-	}
-	return nodes
-}
-
-// start starts (or restarts, with the same id and ports) node n.
-func (n *cacheNode) start(t *testing.T) { n.p = startProc(t, n.id, n.env, "node") }
-
-// waitReady waits until the node answers 200 on /readyz: it holds every
-// partition it owns and every partition has a live holder.
-func (n *cacheNode) waitReady(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	var code int
-	var body string
-	bustest.WaitFor(t, timeout, n.id+" /readyz = 200", func() bool {
-		if n.p.Exited() {
-			t.Fatalf("%s exited (%s) before it was ready", n.id, n.p.status())
-		}
-		code, body = httpGet("http://" + n.httpAddr + "/readyz")
-		return code == http.StatusOK
-	})
-	if code != http.StatusOK {
-		t.Logf("%s: last GET /readyz = %d %s", n.id, code, body)
-	}
-}
-
-// status returns the node section of the node's GET /v1/status: the
-// section whose id is the node's.
-func (n *cacheNode) status(t *testing.T) server.Status {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+n.httpAddr+"/v1/status", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+nodeAdminToken)
-	code, body := httpDo(req)
-	if code != http.StatusOK {
-		t.Fatalf("%s: GET /v1/status = %d %s", n.id, code, body)
-	}
-	var st struct {
-		Sections map[string]json.RawMessage `json:"sections"`
-	}
-	if err := json.Unmarshal([]byte(body), &st); err != nil {
-		t.Fatalf("%s: GET /v1/status: %v\n%s", n.id, err, body)
-	}
-	for _, raw := range st.Sections {
-		var ns server.Status
-		if json.Unmarshal(raw, &ns) == nil && ns.ID == n.id {
-			return ns
-		}
-	}
-	t.Fatalf("%s: GET /v1/status has no section with the node's own status (id %q):\n%s", n.id, n.id, body)
-	return server.Status{}
-}
-
-// record sends a request of the records API to node n and returns the
-// status, the record's version (Cachebus-Version) and the body. A token is
-// sent when not empty.
-func (n *cacheNode) record(method, key, value, token string) (code int, version, body string) {
-	var rd io.Reader
-	if method == http.MethodPut {
-		rd = strings.NewReader(value)
-	}
-	req, err := http.NewRequest(method, "http://"+n.httpAddr+server.RecordsPattern+recordsNS+"/"+url.PathEscape(key), rd)
-	if err != nil {
-		return 0, "", err.Error()
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, "", err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, resp.Header.Get(server.HeaderVersion), string(b)
-}
-
 // TestNodesSurviveKill runs a NATS server and three `cachebus node`
 // processes with a baseline of all three and one backup, and puts a steady
 // load of writes and reads on 200 keys with the Go client while it
@@ -192,15 +70,15 @@ func TestNodesSurviveKill(t *testing.T) {
 	// within bounds each wait by what is left of the test's time.
 	within := func(d time.Duration) time.Duration { return max(0, min(d, time.Until(deadline))) }
 
-	nats := startNATS(t)
-	nodes := startCacheNodes(t, nats.url, "n1", "n2", "n3")
+	nats := harn.StartNATS(t)
+	nodes := harn.StartCacheNodes(t, nats.URL, "n1", "n2", "n3")
 	for _, n := range nodes {
-		n.waitReady(t, within(20*time.Second))
+		n.WaitReady(t, within(20*time.Second))
 	}
 	t.Logf("NATS and three nodes ready in %s", time.Since(began).Round(time.Millisecond))
 
-	conn := connect(t, nats.url)
-	cl, err := cachenode.NewClient(ctx, conn, cachenode.ClientOptions{FailureTimeout: nodeFailureTimeout})
+	conn := harness.Connect(t, nats.URL)
+	cl, err := cachenode.NewClient(ctx, conn, cachenode.ClientOptions{FailureTimeout: harness.NodeFailureTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,8 +117,8 @@ func TestNodesSurviveKill(t *testing.T) {
 
 	// SIGKILL of n2 under load: its partitions are served by their backups.
 	killed := time.Now()
-	n2.p.Kill()
-	bustest.WaitFor(t, within(nodeFailureTimeout+5*time.Second), "the client to drop the killed n2 from its table", func() bool {
+	n2.P.Kill()
+	bustest.WaitFor(t, within(harness.NodeFailureTimeout+5*time.Second), "the client to drop the killed n2 from its table", func() bool {
 		return !cl.Table().Live("n2")
 	})
 	dead := time.Now()
@@ -258,13 +136,13 @@ func TestNodesSurviveKill(t *testing.T) {
 	// n2 comes back empty, copies its partitions from their backups and
 	// serves them again.
 	restarted := time.Now()
-	n2.start(t)
-	n2.waitReady(t, within(20*time.Second))
+	n2.Start(t)
+	n2.WaitReady(t, within(20*time.Second))
 	bustest.WaitFor(t, within(10*time.Second), "n2 to serve partitions again in the client's table", func() bool {
 		return servedBy(cl.Table().Primary, "n2") > 0
 	})
 	back := time.Now()
-	st := n2.status(t)
+	st := n2.Status(t)
 	t.Logf("n2 restarted, ready and primary of %d partitions in the client's table %s later; its status: owns %d, holds %d, primary of %d, %d records",
 		servedBy(cl.Table().Primary, "n2"), back.Sub(restarted).Round(time.Millisecond), st.Owned, st.Held, st.Primary, st.Records)
 	if st.Primary == 0 || st.Held != st.Owned || st.AssignmentVersion != a0.Version {
@@ -283,19 +161,19 @@ func TestNodesSurviveKill(t *testing.T) {
 		what string
 		st   *opStats
 	}{{"read", &stats.reads}, {"write", &stats.writes}} {
-		if s.st.longest > nodeFailureTimeout+outageMargin {
+		if s.st.longest > harness.NodeFailureTimeout+outageMargin {
 			t.Errorf("%s outage %s, want at most the failure timeout %s + %s; errors: %s",
-				s.what, s.st.longest.Round(time.Millisecond), nodeFailureTimeout, outageMargin, s.st.errorSummary())
+				s.what, s.st.longest.Round(time.Millisecond), harness.NodeFailureTimeout, outageMargin, s.st.errorSummary())
 		} else if s.st.failed > 0 {
 			t.Logf("%s errors: %s", s.what, s.st.errorSummary())
 		}
 		// Only requests in flight at the kill may fail, or those caught
 		// behind them for a moment: none begun before, none begun well
 		// after.
-		from, to := killed.Add(-opTimeout), killed.Add(nodeFailureTimeout/2)
+		from, to := killed.Add(-opTimeout), killed.Add(harness.NodeFailureTimeout/2)
 		if s.st.failed > 0 && (s.st.firstFail.Before(from) || s.st.lastFail.After(to)) {
 			t.Errorf("%ss failed from %+.3fs to %+.3fs after the kill; only those begun within %s before it and %s after it may: %s",
-				s.what, s.st.firstFail.Sub(killed).Seconds(), s.st.lastFail.Sub(killed).Seconds(), opTimeout, nodeFailureTimeout/2, s.st.errorSummary())
+				s.what, s.st.firstFail.Sub(killed).Seconds(), s.st.lastFail.Sub(killed).Seconds(), opTimeout, harness.NodeFailureTimeout/2, s.st.errorSummary())
 		}
 	}
 	if stats.reads.stale > 0 || stats.reads.phantom > 0 {
@@ -316,11 +194,11 @@ func TestNodesSurviveKill(t *testing.T) {
 	// the client's table at once, not a failure timeout later; its
 	// partitions are served by their backups.
 	n3 := nodes[2]
-	took := n3.p.Terminate(10 * time.Second)
+	took := n3.P.Terminate(10 * time.Second)
 	exited := time.Now()
 	// Half the failure timeout: the "gone" heartbeat, not the silence.
-	bustest.WaitFor(t, within(nodeFailureTimeout/2), "the client and n1 to drop n3 at once after its SIGTERM", func() bool {
-		return !cl.Table().Live("n3") && !slices.Contains(nodes[0].status(t).Nodes, "n3")
+	bustest.WaitFor(t, within(harness.NodeFailureTimeout/2), "the client and n1 to drop n3 at once after its SIGTERM", func() bool {
+		return !cl.Table().Live("n3") && !slices.Contains(nodes[0].Status(t).Nodes, "n3")
 	})
 	t.Logf("n3 exited 0 %s after SIGTERM; the client and n1 dropped it %s after its exit",
 		took.Round(time.Millisecond), time.Since(exited).Round(time.Millisecond))
@@ -328,8 +206,8 @@ func TestNodesSurviveKill(t *testing.T) {
 		t.Errorf("with n3 stopped: %v", err)
 	}
 	for _, n := range nodes[:2] {
-		took := n.p.Terminate(10 * time.Second)
-		t.Logf("%s exited 0 %s after SIGTERM", n.id, took.Round(time.Millisecond))
+		took := n.P.Terminate(10 * time.Second)
+		t.Logf("%s exited 0 %s after SIGTERM", n.ID, took.Round(time.Millisecond))
 	}
 	t.Logf("test took %s", time.Since(began).Round(time.Millisecond))
 }
@@ -350,13 +228,13 @@ func servedBy(primary func(int) string, id string) int {
 // each call to the partition's primary; every node and the client must
 // then agree on the record. Without the admin token the write is refused
 // and nothing is stored.
-func checkForwarding(ctx context.Context, t *testing.T, cl *cachenode.Client, nodes []*cacheNode) {
+func checkForwarding(ctx context.Context, t *testing.T, cl *cachenode.Client, nodes []*harness.CacheNode) {
 	t.Helper()
 	const key, value = "forwarded:1", "a value written through a node that does not own it"
 	owners := cl.Table().Assignment.Owners[partition.PartitionOf(key)]
-	var via *cacheNode
+	var via *harness.CacheNode
 	for _, n := range nodes {
-		if !slices.Contains(owners, n.id) {
+		if !slices.Contains(owners, n.ID) {
 			via = n
 		}
 	}
@@ -366,23 +244,23 @@ func checkForwarding(ctx context.Context, t *testing.T, cl *cachenode.Client, no
 	get := func() (cachenode.Record, error) {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		return cl.Get(ctx, recordsNS, key)
+		return cl.Get(ctx, harness.RecordsNS, key)
 	}
 
-	if code, _, body := via.record(http.MethodPut, key, value, ""); code != http.StatusUnauthorized {
-		t.Errorf("PUT %s through %s without the token = %d %s, want 401", key, via.id, code, body)
+	if code, _, body := via.Record(http.MethodPut, key, value, ""); code != http.StatusUnauthorized {
+		t.Errorf("PUT %s through %s without the token = %d %s, want 401", key, via.ID, code, body)
 	}
 	if _, err := get(); !errors.Is(err, cachenode.ErrNotFound) {
 		t.Errorf("after a refused PUT, client Get %s = %v, want ErrNotFound", key, err)
 	}
 
-	code, version, body := via.record(http.MethodPut, key, value, nodeAdminToken)
+	code, version, body := via.Record(http.MethodPut, key, value, harness.NodeAdminToken)
 	if code != http.StatusNoContent || version == "" {
-		t.Fatalf("PUT %s through %s (owners %v) = %d, version %q, %s; want 204 with a version", key, via.id, owners, code, version, body)
+		t.Fatalf("PUT %s through %s (owners %v) = %d, version %q, %s; want 204 with a version", key, via.ID, owners, code, version, body)
 	}
 	for _, n := range nodes {
-		if code, v, body := n.record(http.MethodGet, key, "", nodeAdminToken); code != http.StatusOK || body != value || v != version {
-			t.Errorf("GET %s through %s = %d, version %q, %q; want 200, version %s, %q", key, n.id, code, v, body, version, value)
+		if code, v, body := n.Record(http.MethodGet, key, "", harness.NodeAdminToken); code != http.StatusOK || body != value || v != version {
+			t.Errorf("GET %s through %s = %d, version %q, %q; want 200, version %s, %q", key, n.ID, code, v, body, version, value)
 		}
 	}
 	rec, err := get()
@@ -390,29 +268,29 @@ func checkForwarding(ctx context.Context, t *testing.T, cl *cachenode.Client, no
 		t.Errorf("client Get %s = %q version %d, %v; want %q version %s", key, rec.Value, rec.Version, err, value, version)
 	}
 
-	if code, _, body := via.record(http.MethodDelete, key, "", nodeAdminToken); code != http.StatusNoContent {
-		t.Errorf("DELETE %s through %s = %d %s, want 204", key, via.id, code, body)
+	if code, _, body := via.Record(http.MethodDelete, key, "", harness.NodeAdminToken); code != http.StatusNoContent {
+		t.Errorf("DELETE %s through %s = %d %s, want 204", key, via.ID, code, body)
 	}
 	for _, n := range nodes {
-		if code, _, body := n.record(http.MethodGet, key, "", nodeAdminToken); code != http.StatusNotFound {
-			t.Errorf("GET %s through %s after DELETE = %d %s, want 404", key, n.id, code, body)
+		if code, _, body := n.Record(http.MethodGet, key, "", harness.NodeAdminToken); code != http.StatusNotFound {
+			t.Errorf("GET %s through %s after DELETE = %d %s, want 404", key, n.ID, code, body)
 		}
 	}
 	if _, err := get(); !errors.Is(err, cachenode.ErrNotFound) {
 		t.Errorf("client Get %s after DELETE = %v, want ErrNotFound", key, err)
 	}
 	// The calls were forwarded, not served by a copy of its own.
-	code, metrics := httpGet("http://" + via.httpAddr + "/metrics")
+	code, metrics := harness.HTTPGet("http://" + via.HTTPAddr + "/metrics")
 	if code != http.StatusOK {
-		t.Fatalf("GET /metrics of %s = %d", via.id, code)
+		t.Fatalf("GET /metrics of %s = %d", via.ID, code)
 	}
 	for _, op := range []wire.Op{wire.OpPut, wire.OpGet, wire.OpDelete} {
 		re := regexp.MustCompile(`(?m)^cachebus_node_forwarded_total\{[^}]*op="` + op.String() + `"[^}]*\} (\d+)$`)
 		if m := re.FindStringSubmatch(metrics); m == nil || m[1] == "0" {
-			t.Errorf("%s's /metrics shows no %s forwarded (cachebus_node_forwarded_total): %v", via.id, op, m)
+			t.Errorf("%s's /metrics shows no %s forwarded (cachebus_node_forwarded_total): %v", via.ID, op, m)
 		}
 	}
-	t.Logf("HTTP PUT, GET and DELETE of %s through %s, forwarded to its owners %v", key, via.id, owners)
+	t.Logf("HTTP PUT, GET and DELETE of %s through %s, forwarded to its owners %v", key, via.ID, owners)
 }
 
 // nodeLoad is the test's steady load: writers put increasing values to
@@ -444,7 +322,7 @@ func startNodeLoad(ctx context.Context, t *testing.T, cl *cachenode.Client) *nod
 	l.lastRead, l.lastWrite = make([]atomic.Int64, loadKeys), make([]atomic.Int64, loadKeys)
 	for i, k := range l.keys {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := cl.Put(pctx, recordsNS, k, []byte("1"), 0)
+		_, err := cl.Put(pctx, harness.RecordsNS, k, []byte("1"), 0)
 		cancel()
 		if err != nil {
 			t.Fatalf("first put of %s: %v", k, err)
@@ -495,7 +373,7 @@ func (l *nodeLoad) write(ctx context.Context, w int, st *opStats) {
 		l.tried[k].Store(v)
 		start := time.Now()
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
-		_, err := l.cl.Put(octx, recordsNS, l.keys[k], []byte(strconv.FormatUint(v, 10)), 0)
+		_, err := l.cl.Put(octx, harness.RecordsNS, l.keys[k], []byte(strconv.FormatUint(v, 10)), 0)
 		cancel()
 		if ctx.Err() != nil {
 			return true // stopping: the write may or may not be stored
@@ -514,7 +392,7 @@ func (l *nodeLoad) read(ctx context.Context, r int, st *opStats) {
 		before := l.acked[k].Load()
 		start := time.Now()
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
-		rec, err := l.cl.Get(octx, recordsNS, l.keys[k])
+		rec, err := l.cl.Get(octx, harness.RecordsNS, l.keys[k])
 		cancel()
 		if ctx.Err() != nil {
 			return true
@@ -753,7 +631,7 @@ func checkFinal(ctx context.Context, t *testing.T, cl *cachenode.Client, l *node
 	exact, later, lost := 0, 0, 0
 	for i, k := range l.keys {
 		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		rec, err := cl.Get(gctx, recordsNS, k)
+		rec, err := cl.Get(gctx, harness.RecordsNS, k)
 		cancel()
 		if err != nil {
 			t.Errorf("after the load, Get %s: %v (last acknowledged %d)", k, err, l.acked[i].Load())
@@ -788,7 +666,7 @@ func checkFinal(ctx context.Context, t *testing.T, cl *cachenode.Client, l *node
 // checkThroughNodes reads every key over HTTP through each node, which
 // serves it or forwards it to the node that does, and requires the value
 // and version the client read.
-func checkThroughNodes(t *testing.T, nodes []*cacheNode, final []finalRecord) {
+func checkThroughNodes(t *testing.T, nodes []*harness.CacheNode, final []finalRecord) {
 	t.Helper()
 	for _, n := range nodes {
 		bad := 0
@@ -796,18 +674,18 @@ func checkThroughNodes(t *testing.T, nodes []*cacheNode, final []finalRecord) {
 			if f.key == "" {
 				continue
 			}
-			code, v, body := n.record(http.MethodGet, f.key, "", nodeAdminToken)
+			code, v, body := n.Record(http.MethodGet, f.key, "", harness.NodeAdminToken)
 			if code == http.StatusOK && body == f.value && v == strconv.FormatUint(f.version, 10) {
 				continue
 			}
 			bad++
 			if bad <= 3 {
 				t.Errorf("GET %s through %s = %d, version %q, %q; the client read version %d, %q",
-					f.key, n.id, code, v, body, f.version, f.value)
+					f.key, n.ID, code, v, body, f.version, f.value)
 			}
 		}
 		if bad > 3 {
-			t.Errorf("%s disagrees with the client on %d keys in all", n.id, bad)
+			t.Errorf("%s disagrees with the client on %d keys in all", n.ID, bad)
 		}
 	}
 	t.Logf("%d keys read through each of %d nodes over HTTP agree with the client", len(final), len(nodes))
@@ -821,7 +699,7 @@ func readAll(ctx context.Context, cl *cachenode.Client, final []finalRecord) err
 			continue
 		}
 		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		rec, err := cl.Get(gctx, recordsNS, f.key)
+		rec, err := cl.Get(gctx, harness.RecordsNS, f.key)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("Get %s: %w", f.key, err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/e2e/harness"
 )
 
 // TestUsageErrorsExit2 runs the binary as a script would and requires a bad
@@ -34,7 +35,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			code, out := runCachebus(t, 10*time.Second, tc.env, tc.args...)
+			code, out := harn.Run(t, 10*time.Second, tc.env, tc.args...)
 			if code != tc.code {
 				t.Errorf("cachebus %s exited %d, want %d\n%s", strings.Join(tc.args, " "), code, tc.code, out)
 			}
@@ -55,10 +56,10 @@ func TestNATSPortInUse(t *testing.T) {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	p := startProc(t, "nats", map[string]string{
+	p := harn.Start(t, "nats", map[string]string{
 		"CACHEBUS_NATS_PORT":      fmt.Sprint(port),
 		"CACHEBUS_NATS_STORE_DIR": t.TempDir(),
-		"CACHEBUS_HTTP_ADDR":      freeAddr(t),
+		"CACHEBUS_HTTP_ADDR":      harness.FreeAddr(t),
 	}, "nats")
 	start := time.Now()
 	code := p.Wait(10 * time.Second)
@@ -66,7 +67,7 @@ func TestNATSPortInUse(t *testing.T) {
 		t.Errorf("cachebus nats on a port in use exited 0, want an error")
 	}
 	if out := p.Output(); !strings.Contains(out, fmt.Sprint(port)) || !strings.Contains(out, "in use") {
-		t.Errorf("cachebus nats on a port in use does not say the port is in use:\n%s", tail(out, 20))
+		t.Errorf("cachebus nats on a port in use does not say the port is in use:\n%s", harness.Tail(out, 20))
 	}
 	t.Logf("exited %d after %s", code, time.Since(start).Round(time.Millisecond))
 }
@@ -75,16 +76,16 @@ func TestNATSPortInUse(t *testing.T) {
 // and requires SIGTERM to end it with exit 0 within a few seconds, and the
 // event log kept in its store directory to be there after a restart.
 func TestNATSTerminate(t *testing.T) {
-	port := freePort(t)
+	port := harness.FreePort(t)
 	env := map[string]string{
 		"CACHEBUS_NATS_PORT":      fmt.Sprint(port),
 		"CACHEBUS_NATS_STORE_DIR": t.TempDir(),
-		"CACHEBUS_HTTP_ADDR":      freeAddr(t),
+		"CACHEBUS_HTTP_ADDR":      harness.FreeAddr(t),
 	}
-	n := &natsNode{name: "nats", url: fmt.Sprintf("nats://127.0.0.1:%d", port), httpAddr: env["CACHEBUS_HTTP_ADDR"], env: env}
-	n.p = startProc(t, n.name, env, "nats")
-	n.waitReady(t, 30*time.Second)
-	c := connect(t, n.url)
+	n := &harness.NATSNode{Name: "nats", URL: fmt.Sprintf("nats://127.0.0.1:%d", port), HTTPAddr: env["CACHEBUS_HTTP_ADDR"], Env: env}
+	n.P = harn.Start(t, n.Name, env, "nats")
+	n.WaitReady(t, 30*time.Second)
+	c := harness.Connect(t, n.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pub, err := bus.NewPublisher(c, "e2e-pub")
@@ -94,11 +95,11 @@ func TestNATSTerminate(t *testing.T) {
 	keys := userKeys(0, 3)
 	publishExpires(ctx, t, pub, keys)
 
-	took := n.p.Terminate(10 * time.Second)
+	took := n.P.Terminate(10 * time.Second)
 	t.Logf("exited 0 %s after SIGTERM", took.Round(time.Millisecond))
 
-	n.p = startProc(t, "nats-restarted", env, "nats")
-	n.waitReady(t, 30*time.Second)
-	checkLog(ctx, t, connect(t, n.url), keys)
-	n.p.Terminate(10 * time.Second)
+	n.P = harn.Start(t, "nats-restarted", env, "nats")
+	n.WaitReady(t, 30*time.Second)
+	checkLog(ctx, t, harness.Connect(t, n.URL), keys)
+	n.P.Terminate(10 * time.Second)
 }

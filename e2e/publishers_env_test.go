@@ -18,6 +18,7 @@ import (
 
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode/memo"
+	"github.com/cachebus/cachebus/e2e/harness"
 )
 
 // The publisher tests run the examples of docs/examples as a user of
@@ -35,7 +36,7 @@ var (
 
 // pubDev is a `cachebus dev` run for a publisher test.
 type pubDev struct {
-	p                                    *proc
+	p                                    *harness.Proc
 	natsURL, adminURL, token, gatewayURL string
 }
 
@@ -51,14 +52,14 @@ func startPubDev(t *testing.T) *pubDev {
 		"CACHEBUS_HEARTBEAT_INTERVAL": gwHeartbeat.String(),
 		"CACHEBUS_FAILURE_TIMEOUT":    gwFailureTimeout.String(),
 	}
-	d := &pubDev{p: startProc(t, "dev", env, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0",
+	d := &pubDev{p: harn.Start(t, "dev", env, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0",
 		"--gateway", "127.0.0.1:0", "--apps", "0")}
 	d.natsURL = d.p.WaitLine(30*time.Second, devNATSRe)[1]
 	d.adminURL = d.p.WaitLine(5*time.Second, devAdminRe)[1]
 	d.token = d.p.WaitLine(5*time.Second, devTokenRe)[1]
 	d.gatewayURL = d.p.WaitLine(5*time.Second, devGatewayRe)[1]
 	bustest.WaitFor(t, 15*time.Second, "dev /readyz = 200", func() bool {
-		code, _ := httpGet(d.adminURL + "/readyz")
+		code, _ := harness.HTTPGet(d.adminURL + "/readyz")
 		return code == http.StatusOK
 	})
 	return d
@@ -76,14 +77,14 @@ func (d *pubDev) admin(method, path, body string) (int, string) {
 		return 0, err.Error()
 	}
 	req.Header.Set("Authorization", "Bearer "+d.token)
-	return httpDo(req)
+	return harness.HTTPDo(req)
 }
 
 // rejected is dev's count of expires rejected for reason (the field at
 // fault), read from its /metrics.
 func (d *pubDev) rejected(t *testing.T, reason string) int {
 	t.Helper()
-	code, body := httpGet(d.adminURL + "/metrics")
+	code, body := harness.HTTPGet(d.adminURL + "/metrics")
 	if code != http.StatusOK {
 		t.Fatalf("dev GET /metrics = %d", code)
 	}
@@ -108,7 +109,7 @@ func newMemoProbe(t *testing.T, natsURL, ns string) *memoProbe {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := memo.New(ctx, connect(t, natsURL), memo.Options{Namespace: ns, ID: "e2e-memo", Log: warnLogger(t)})
+	c, err := memo.New(ctx, harness.Connect(t, natsURL), memo.Options{Namespace: ns, ID: "e2e-memo", Log: harness.WarnLogger(t)})
 	if err != nil {
 		t.Fatalf("memo client on %s: %v", ns, err)
 	}
@@ -163,7 +164,7 @@ func (m *memoProbe) kept(t *testing.T, what, key, old string) {
 
 // publisher is how a test runs one example: it starts it publishing an
 // expire of keys in namespace ns, and returns the running process.
-type publisher func(t *testing.T, ns string, keys ...string) *proc
+type publisher func(t *testing.T, ns string, keys ...string) *harness.Proc
 
 // checkPublisher runs publish twice against dev — an expire of users
 // user:42, then one of the gateway's page /static/<page>-a — and requires

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -32,24 +33,24 @@ func TestPublisherPython(t *testing.T) {
 	dir := filepath.Join(examplesDir(t), "python")
 	dev := startPubDev(t)
 	env := map[string]string{"CACHEBUS_NATS_URL": dev.natsURL, "PYTHONDONTWRITEBYTECODE": noBytecode}
-	py := func(name string, args ...string) *proc {
-		return startBinary(t, python, name, env, append([]string{filepath.Join(dir, name)}, args...)...)
+	py := func(name string, args ...string) *harness.Proc {
+		return harness.StartBinary(t, python, name, env, append([]string{filepath.Join(dir, name)}, args...)...)
 	}
 
 	// The app: the gateway learns of it from its heartbeats alone.
-	appAddr := freeAddr(t)
+	appAddr := harness.FreeAddr(t)
 	app := py("app.py", "--id", "py-app", "--listen", appAddr, "--interval", fmt.Sprint(gwHeartbeat.Seconds()))
 	app.WaitLine(10*time.Second, regexp.MustCompile(`^app py-app serving`))
 	bustest.WaitFor(t, 10*time.Second, "the gateway to route to the Python app", func() bool {
 		if app.Exited() {
-			t.Fatalf("app.py exited (%s):\n%s", app.status(), app.Output())
+			t.Fatalf("app.py exited (%s):\n%s", app.Status(), app.Output())
 		}
 		a := fetch(t, http.MethodGet, dev.gatewayURL+"/hello", nil)
 		return a.code == http.StatusOK && a.body == "hello from py-app\n" && a.h.Get("X-Backend") == "py-app"
 	})
 
 	memoc := newMemoProbe(t, dev.natsURL, "users")
-	checkPublisher(t, "expire.py", "py", memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *proc {
+	checkPublisher(t, "expire.py", "py", memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
 		return py("expire.py", append([]string{ns}, keys...)...)
 	})
 
@@ -114,8 +115,8 @@ func TestPublisherC(t *testing.T) {
 	dev := startPubDev(t)
 	app := startApps(t, dev.natsURL, "c-app")[0]
 	waitApp(t, dev, app.id)
-	checkPublisher(t, "expire.c", "c", newMemoProbe(t, dev.natsURL, "users"), dev.gateway(), func(t *testing.T, ns string, keys ...string) *proc {
-		return startBinary(t, bin, "expire.c", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)
+	checkPublisher(t, "expire.c", "c", newMemoProbe(t, dev.natsURL, "users"), dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
+		return harness.StartBinary(t, bin, "expire.c", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)
 	})
 }
 
@@ -129,7 +130,7 @@ func TestPublisherShell(t *testing.T) {
 	app := startApps(t, dev.natsURL, "sh-app")[0]
 	waitApp(t, dev, app.id)
 	memoc := newMemoProbe(t, dev.natsURL, "users")
-	binDir := filepath.Dir(cachebusBin)
+	binDir := filepath.Dir(harn.Binaries().Cachebus)
 
 	tests := []struct {
 		name, script, page string
@@ -146,10 +147,10 @@ func TestPublisherShell(t *testing.T) {
 			if tc.tool != "" {
 				needTool(t, tc.tool, "apt-get install "+tc.tool)
 			}
-			run := func(env map[string]string, args ...string) *proc {
-				return startBinary(t, sh, tc.script, env, append([]string{filepath.Join(dir, tc.script)}, args...)...)
+			run := func(env map[string]string, args ...string) *harness.Proc {
+				return harness.StartBinary(t, sh, tc.script, env, append([]string{filepath.Join(dir, tc.script)}, args...)...)
 			}
-			checkPublisher(t, tc.script, tc.page, memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *proc {
+			checkPublisher(t, tc.script, tc.page, memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
 				return run(tc.env, append([]string{ns}, keys...)...)
 			})
 			if tc.tool != "curl" {
@@ -202,8 +203,8 @@ func TestPublisherGo(t *testing.T) {
 	app := startApps(t, dev.natsURL, "go-app")[0]
 	waitApp(t, dev, app.id)
 	memoc := newMemoProbe(t, dev.natsURL, "users")
-	checkPublisher(t, "go-expire", "go", memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *proc {
-		return startBinary(t, bin, "go-expire", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)
+	checkPublisher(t, "go-expire", "go", memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
+		return harness.StartBinary(t, bin, "go-expire", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)
 	})
 
 	// A payload of a version no receiver speaks.
@@ -272,8 +273,8 @@ func TestPublisherPermissions(t *testing.T) {
 
 	// The daemons connect as the cachebus user, the embedded server's own
 	// client included.
-	port, natsHTTP, nodeHTTP := freePort(t), freeAddr(t), freeAddr(t)
-	n := &natsNode{name: "nats", url: fmt.Sprintf("nats://127.0.0.1:%d", port), httpAddr: natsHTTP, env: map[string]string{
+	port, natsHTTP, nodeHTTP := harness.FreePort(t), harness.FreeAddr(t), harness.FreeAddr(t)
+	n := &harness.NATSNode{Name: "nats", URL: fmt.Sprintf("nats://127.0.0.1:%d", port), HTTPAddr: natsHTTP, Env: map[string]string{
 		"CACHEBUS_NATS_CONFIG":    conf,
 		"CACHEBUS_NATS_PORT":      fmt.Sprint(port),
 		"CACHEBUS_NATS_STORE_DIR": t.TempDir(),
@@ -281,24 +282,24 @@ func TestPublisherPermissions(t *testing.T) {
 		"CACHEBUS_NATS_USER":      "cachebus",
 		"CACHEBUS_NATS_PASSWORD":  "change-me-cachebus",
 	}}
-	n.p = startProc(t, n.name, n.env, "nats")
-	n.waitReady(t, 30*time.Second)
-	node := &cacheNode{id: "n1", httpAddr: nodeHTTP, env: map[string]string{
+	n.P = harn.Start(t, n.Name, n.Env, "nats")
+	n.WaitReady(t, 30*time.Second)
+	node := harn.NewCacheNode("n1", nodeHTTP, map[string]string{
 		"CACHEBUS_NODE_ID":            "n1",
-		"CACHEBUS_NATS_URL":           n.url,
+		"CACHEBUS_NATS_URL":           n.URL,
 		"CACHEBUS_NATS_USER":          "cachebus",
 		"CACHEBUS_NATS_PASSWORD":      "change-me-cachebus",
 		"CACHEBUS_HTTP_ADDR":          nodeHTTP,
-		"CACHEBUS_ADMIN_TOKEN":        nodeAdminToken,
+		"CACHEBUS_ADMIN_TOKEN":        harness.NodeAdminToken,
 		"CACHEBUS_BASELINE":           "n1",
-		"CACHEBUS_HEARTBEAT_INTERVAL": nodeHeartbeat.String(),
-		"CACHEBUS_FAILURE_TIMEOUT":    nodeFailureTimeout.String(),
-	}}
-	node.start(t)
-	node.waitReady(t, 30*time.Second)
+		"CACHEBUS_HEARTBEAT_INTERVAL": harness.NodeHeartbeat.String(),
+		"CACHEBUS_FAILURE_TIMEOUT":    harness.NodeFailureTimeout.String(),
+	})
+	node.Start(t)
+	node.WaitReady(t, 30*time.Second)
 
 	as := func(user, password string) map[string]string {
-		return map[string]string{"CACHEBUS_NATS_URL": n.url, "CACHEBUS_NATS_USER": user, "CACHEBUS_NATS_PASSWORD": password,
+		return map[string]string{"CACHEBUS_NATS_URL": n.URL, "CACHEBUS_NATS_USER": user, "CACHEBUS_NATS_PASSWORD": password,
 			"PYTHONDONTWRITEBYTECODE": noBytecode}
 	}
 	cron, shop := as("cron", "change-me-cron"), as("shop", "change-me-shop")
@@ -321,7 +322,7 @@ func TestPublisherPermissions(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{filepath.Join(dir, "python", tc.args[0])}, tc.args[1:]...)
-			p := startBinary(t, python, tc.args[0], tc.env, args...)
+			p := harness.StartBinary(t, python, tc.args[0], tc.env, args...)
 			if code := p.Wait(15 * time.Second); code != tc.code || !strings.Contains(p.Output(), tc.say) {
 				t.Errorf("%s: exit %d, want %d saying %q:\n%s", strings.Join(tc.args, " "), code, tc.code, tc.say, p.Output())
 			}
@@ -329,15 +330,15 @@ func TestPublisherPermissions(t *testing.T) {
 	}
 
 	// The shop's app announces itself on its own heartbeat subject.
-	app := startBinary(t, python, "app.py", shop, filepath.Join(dir, "python", "app.py"),
-		"--id", "shop-1", "--listen", freeAddr(t), "--interval", fmt.Sprint(nodeHeartbeat.Seconds()))
+	app := harness.StartBinary(t, python, "app.py", shop, filepath.Join(dir, "python", "app.py"),
+		"--id", "shop-1", "--listen", harness.FreeAddr(t), "--interval", fmt.Sprint(harness.NodeHeartbeat.Seconds()))
 	bustest.WaitFor(t, 10*time.Second, "the cache node to see app shop-1", func() bool {
 		if app.Exited() {
-			t.Fatalf("app.py exited (%s):\n%s", app.status(), app.Output())
+			t.Fatalf("app.py exited (%s):\n%s", app.Status(), app.Output())
 		}
-		req, _ := http.NewRequest(http.MethodGet, "http://"+node.httpAddr+"/v1/status", nil)
-		req.Header.Set("Authorization", "Bearer "+nodeAdminToken)
-		code, body := httpDo(req)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+node.HTTPAddr+"/v1/status", nil)
+		req.Header.Set("Authorization", "Bearer "+harness.NodeAdminToken)
+		code, body := harness.HTTPDo(req)
 		return code == http.StatusOK && strings.Contains(body, `"id": "shop-1"`)
 	})
 	app.Terminate(10 * time.Second)

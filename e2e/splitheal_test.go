@@ -17,6 +17,7 @@ import (
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode"
 	"github.com/cachebus/cachebus/cachenode/partition"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -53,18 +54,18 @@ func TestSplitAndHeal(t *testing.T) {
 const splitHold = 12 * time.Second
 
 func splitAndHeal(t *testing.T, leader string) {
-	c := startCluster(t, 3)
-	for _, n := range c.nodes {
-		n.waitReady(t, 60*time.Second)
+	c := harn.StartCluster(t, 3)
+	for _, n := range c.Nodes {
+		n.WaitReady(t, 60*time.Second)
 	}
-	home, others := c.nodes[0], c.nodes[1:]
-	node := startCacheNodesWith(t, home.url, map[string]string{
-		"CACHEBUS_LONG_TERM":        recordsNS,
+	home, others := c.Nodes[0], c.Nodes[1:]
+	node := harn.StartCacheNodesWith(t, home.URL, map[string]string{
+		"CACHEBUS_LONG_TERM":        harness.RecordsNS,
 		"CACHEBUS_RECORDS_REPLICAS": "3",
 	}, "sh1")[0]
-	node.waitReady(t, 60*time.Second)
-	cl := nodeClient(t, home.url)
-	admin := connect(t, home.url)
+	node.WaitReady(t, 60*time.Second)
+	cl := harness.NodeClient(t, home.URL)
+	admin := harness.Connect(t, home.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -87,9 +88,9 @@ func splitAndHeal(t *testing.T, leader string) {
 			_, _ = admin.NC.RequestWithContext(ictx, "$JS.API.STREAM.LEADER.STEPDOWN."+logName, []byte(stepdown))
 			return false
 		}
-		return allCurrent(ci, "n1", "n2", "n3")
+		return harness.AllCurrent(ci, "n1", "n2", "n3")
 	})
-	t.Logf("record log before the split: %s", describe(ci))
+	t.Logf("record log before the split: %s", harness.Describe(ci))
 
 	// Acknowledged before the split.
 	const before = 300
@@ -97,22 +98,22 @@ func splitAndHeal(t *testing.T, leader string) {
 	value := func(i int) string { return fmt.Sprintf("v%d-%x", i, i*7919) }
 	acked := map[string]string{}
 	for i := range before {
-		if _, err := cl.Put(ctx, recordsNS, ackedKey(i), []byte(value(i)), time.Hour); err != nil {
+		if _, err := cl.Put(ctx, harness.RecordsNS, ackedKey(i), []byte(value(i)), time.Hour); err != nil {
 			t.Fatalf("put %s before the split: %v", ackedKey(i), err)
 		}
 		acked[ackedKey(i)] = value(i)
 	}
 
-	t.Logf("SIGSTOP of %s and %s: %s, the node's server, is cut off from the JetStream majority", others[0].name, others[1].name, home.name)
+	t.Logf("SIGSTOP of %s and %s: %s, the node's server, is cut off from the JetStream majority", others[0].Name, others[1].Name, home.Name)
 	for _, n := range others {
-		n.p.Signal(syscall.SIGSTOP)
+		n.P.Signal(syscall.SIGSTOP)
 	}
 	thawed := false
 	thaw := func() {
 		if !thawed {
 			thawed = true
 			for _, n := range others {
-				n.p.Signal(syscall.SIGCONT)
+				n.P.Signal(syscall.SIGCONT)
 			}
 		}
 	}
@@ -127,7 +128,7 @@ func splitAndHeal(t *testing.T, leader string) {
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		defer wcancel()
 		start := time.Now()
-		_, err := cl.Put(wctx, recordsNS, key, []byte(val), time.Hour)
+		_, err := cl.Put(wctx, harness.RecordsNS, key, []byte(val), time.Hour)
 		return time.Since(start), err
 	}
 	pace := time.NewTicker(50 * time.Millisecond)
@@ -181,7 +182,7 @@ func splitAndHeal(t *testing.T, leader string) {
 	}
 	refused = append(refused, "unrelated")
 
-	t.Logf("SIGCONT of %s and %s after %s", others[0].name, others[1].name, time.Since(split).Round(time.Millisecond))
+	t.Logf("SIGCONT of %s and %s after %s", others[0].Name, others[1].Name, time.Since(split).Round(time.Millisecond))
 	thaw()
 	healed := time.Now()
 	bustest.WaitFor(t, 90*time.Second, "long-term writes accepted after the heal", func() bool {
@@ -200,7 +201,7 @@ func splitAndHeal(t *testing.T, leader string) {
 	checkRecords(ctx, t, cl, acked, refused, "after the heal")
 
 	// The record log itself: every acknowledged write, none refused.
-	rl, err := persistence.BindRecordLog(ctx, admin, persistence.RecordLogConfig{LongTerm: []string{recordsNS}})
+	rl, err := persistence.BindRecordLog(ctx, admin, persistence.RecordLogConfig{LongTerm: []string{harness.RecordsNS}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +210,7 @@ func splitAndHeal(t *testing.T, leader string) {
 		all[p] = p
 	}
 	inLog := map[string]string{}
-	if _, err := rl.Replay(ctx, recordsNS, all, func(r persistence.Record) error {
+	if _, err := rl.Replay(ctx, harness.RecordsNS, all, func(r persistence.Record) error {
 		if r.Deleted {
 			delete(inLog, r.Key)
 		} else {
@@ -233,16 +234,16 @@ func splitAndHeal(t *testing.T, leader string) {
 		t.FailNow()
 	}
 
-	out := node.p.Output()
+	out := node.P.Output()
 	t.Logf("node log: %d \"record log unreachable\", %d \"record log reachable again\", %d refused writes found kept and undone",
 		strings.Count(out, "record log unreachable"), strings.Count(out, "record log reachable again"),
 		strings.Count(out, "had been kept after all"))
 
-	node.p.Signal(syscall.SIGKILL)
-	node.p.Wait(10 * time.Second)
+	node.P.Signal(syscall.SIGKILL)
+	node.P.Wait(10 * time.Second)
 	restart := time.Now()
-	node.start(t)
-	node.waitReady(t, 2*time.Minute)
+	node.Start(t)
+	node.WaitReady(t, 2*time.Minute)
 	t.Logf("node restarted and ready in %s", time.Since(restart).Round(time.Millisecond))
 	checkRecords(ctx, t, cl, acked, refused, "after a SIGKILL and a replay")
 }
@@ -263,7 +264,7 @@ func checkRecords(ctx context.Context, t *testing.T, cl *cachenode.Client, acked
 	slices.Sort(keys)
 	for from := 0; from < len(keys); from += 200 {
 		batch := keys[from:min(from+200, len(keys))]
-		got, err := cl.GetMulti(ctx, recordsNS, batch)
+		got, err := cl.GetMulti(ctx, harness.RecordsNS, batch)
 		if err != nil {
 			t.Fatalf("read %s: %v", when, err)
 		}
@@ -281,18 +282,18 @@ func checkRecords(ctx context.Context, t *testing.T, cl *cachenode.Client, acked
 }
 
 // counter reads counter name off node n's /metrics, 0 when absent.
-func counter(t *testing.T, n *cacheNode, name string) float64 {
+func counter(t *testing.T, n *harness.CacheNode, name string) float64 {
 	t.Helper()
-	code, body := httpGet("http://" + n.httpAddr + "/metrics")
+	code, body := harness.HTTPGet("http://" + n.HTTPAddr + "/metrics")
 	if code != http.StatusOK {
-		t.Fatalf("%s /metrics: %d %s", n.id, code, tail(body, 5))
+		t.Fatalf("%s /metrics: %d %s", n.ID, code, harness.Tail(body, 5))
 	}
 	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
 			f := strings.Fields(line)
 			v, err := strconv.ParseFloat(f[len(f)-1], 64)
 			if err != nil {
-				t.Fatalf("%s /metrics: %q: %v", n.id, line, err)
+				t.Fatalf("%s /metrics: %q: %v", n.ID, line, err)
 			}
 			return v
 		}

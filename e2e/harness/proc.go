@@ -1,6 +1,6 @@
 //go:build unix
 
-package e2e
+package harness
 
 import (
 	"bytes"
@@ -23,11 +23,11 @@ import (
 // tailLines is how much of a process's output a failed test shows.
 const tailLines = 120
 
-// proc is a cachebus process started by a test. Its stdout and stderr go to
-// one buffer (and to CACHEBUS_E2E_LOGDIR when set); when the test fails,
-// the tail of that buffer is printed. It is killed when the test ends, if
-// it is still running.
-type proc struct {
+// Proc is a process started by a test. Its stdout and stderr go to one
+// buffer (and to CACHEBUS_E2E_LOGDIR when set); when the test fails, the
+// tail of that buffer is printed. It is killed when the test ends, if it is
+// still running.
+type Proc struct {
 	t       testing.TB
 	name    string
 	cmd     *exec.Cmd
@@ -39,19 +39,19 @@ type proc struct {
 	err   error // from cmd.Wait, other than a non-zero exit
 }
 
-// startProc starts cachebus with args in the test's environment plus the
+// Start starts cachebus with args in the test's environment plus the
 // variables of env. Any CACHEBUS_* variable of the test's own environment
 // is left out, so that what runs is what the test says.
-func startProc(t testing.TB, name string, env map[string]string, args ...string) *proc {
+func (h *Harness) Start(t testing.TB, name string, env map[string]string, args ...string) *Proc {
 	t.Helper()
-	return startBinary(t, cachebusBin, name, env, args...)
+	return StartBinary(t, h.bins.Cachebus, name, env, args...)
 }
 
-// startBinary is startProc for another program: the test binary itself
+// StartBinary is Harness.Start for another program: the test binary itself
 // run as an app server, say.
-func startBinary(t testing.TB, bin, name string, env map[string]string, args ...string) *proc {
+func StartBinary(t testing.TB, bin, name string, env map[string]string, args ...string) *Proc {
 	t.Helper()
-	p := &proc{t: t, name: name, out: &output{}, done: make(chan struct{})}
+	p := &Proc{t: t, name: name, out: &output{}, done: make(chan struct{})}
 	if dir := os.Getenv("CACHEBUS_E2E_LOGDIR"); dir != "" {
 		file := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + name + ".log"
 		f, err := os.OpenFile(filepath.Join(dir, file), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -81,6 +81,14 @@ func startBinary(t testing.TB, bin, name string, env map[string]string, args ...
 	return p
 }
 
+// Run runs a cachebus command to completion, bounded by timeout, and
+// returns its exit code and combined output.
+func (h *Harness) Run(t testing.TB, timeout time.Duration, env map[string]string, args ...string) (int, string) {
+	t.Helper()
+	p := h.Start(t, "cachebus "+strings.Join(args, " "), env, args...)
+	return p.Wait(timeout), p.Output()
+}
+
 func procEnv(env map[string]string) []string {
 	var out []string
 	for _, kv := range os.Environ() {
@@ -99,7 +107,7 @@ func procEnv(env map[string]string) []string {
 	return out
 }
 
-func (p *proc) cleanup() {
+func (p *Proc) cleanup() {
 	if !p.Exited() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
@@ -109,15 +117,18 @@ func (p *proc) cleanup() {
 		p.t.Errorf("%s: the race detector reported a data race", p.name)
 	}
 	if p.t.Failed() {
-		p.t.Logf("%s (%s) output, last %d lines:\n%s", p.name, p.status(), tailLines, tail(out, tailLines))
+		p.t.Logf("%s (%s) output, last %d lines:\n%s", p.name, p.Status(), tailLines, Tail(out, tailLines))
 	}
 	if p.out.file != nil {
 		_ = p.out.file.Close()
 	}
 }
 
+// Name is the name the process was started under.
+func (p *Proc) Name() string { return p.name }
+
 // Exited reports whether the process has exited.
-func (p *proc) Exited() bool {
+func (p *Proc) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -126,7 +137,9 @@ func (p *proc) Exited() bool {
 	}
 }
 
-func (p *proc) status() string {
+// Status describes the process for a message: its pid and how long it has
+// run, or how it exited.
+func (p *Proc) Status() string {
 	if !p.Exited() {
 		return fmt.Sprintf("pid %d, running for %s", p.cmd.Process.Pid, time.Since(p.started).Round(time.Millisecond))
 	}
@@ -138,10 +151,10 @@ func (p *proc) status() string {
 
 // Signal sends sig (SIGTERM, SIGKILL, SIGSTOP, SIGCONT…) to the process,
 // which must still be running.
-func (p *proc) Signal(sig syscall.Signal) {
+func (p *Proc) Signal(sig syscall.Signal) {
 	p.t.Helper()
 	if p.Exited() {
-		p.t.Fatalf("%s: cannot send %v: process already exited (%s)", p.name, sig, p.status())
+		p.t.Fatalf("%s: cannot send %v: process already exited (%s)", p.name, sig, p.Status())
 	}
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		p.t.Fatalf("%s: send %v: %v", p.name, sig, err)
@@ -149,7 +162,7 @@ func (p *proc) Signal(sig syscall.Signal) {
 }
 
 // Kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) Kill() {
+func (p *Proc) Kill() {
 	p.t.Helper()
 	p.Signal(syscall.SIGKILL)
 	p.Wait(10 * time.Second)
@@ -157,7 +170,7 @@ func (p *proc) Kill() {
 
 // Wait waits at most timeout for the process to exit and returns its exit
 // code (-1 when a signal ended it).
-func (p *proc) Wait(timeout time.Duration) int {
+func (p *Proc) Wait(timeout time.Duration) int {
 	p.t.Helper()
 	select {
 	case <-p.done:
@@ -172,19 +185,19 @@ func (p *proc) Wait(timeout time.Duration) int {
 
 // Terminate sends SIGTERM and requires the process to exit 0 within
 // timeout; it returns how long the exit took.
-func (p *proc) Terminate(timeout time.Duration) time.Duration {
+func (p *Proc) Terminate(timeout time.Duration) time.Duration {
 	p.t.Helper()
 	start := time.Now()
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(timeout); code != 0 {
-		p.t.Fatalf("%s: exited %d after SIGTERM (%s), want 0", p.name, code, p.status())
+		p.t.Fatalf("%s: exited %d after SIGTERM (%s), want 0", p.name, code, p.Status())
 	}
 	return time.Since(start)
 }
 
 // WaitLine waits at most timeout for a line of the output that matches re
 // and returns its submatches. It fails at once if the process exits first.
-func (p *proc) WaitLine(timeout time.Duration, re *regexp.Regexp) []string {
+func (p *Proc) WaitLine(timeout time.Duration, re *regexp.Regexp) []string {
 	p.t.Helper()
 	var match []string
 	bustest.WaitFor(p.t, timeout, fmt.Sprintf("%s to print a line matching %q", p.name, re), func() bool {
@@ -195,7 +208,7 @@ func (p *proc) WaitLine(timeout time.Duration, re *regexp.Regexp) []string {
 			}
 		}
 		if exited {
-			p.t.Fatalf("%s exited (%s) before printing a line matching %q", p.name, p.status(), re)
+			p.t.Fatalf("%s exited (%s) before printing a line matching %q", p.name, p.Status(), re)
 		}
 		return false
 	})
@@ -203,7 +216,7 @@ func (p *proc) WaitLine(timeout time.Duration, re *regexp.Regexp) []string {
 }
 
 // Output is everything the process has written so far.
-func (p *proc) Output() string { return p.out.String() }
+func (p *Proc) Output() string { return p.out.String() }
 
 // output collects a process's stdout and stderr.
 type output struct {
@@ -227,18 +240,11 @@ func (o *output) String() string {
 	return o.buf.String()
 }
 
-func tail(s string, n int) string {
+// Tail is the last n lines of s, after a line saying how many came before.
+func Tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = append([]string{fmt.Sprintf("[... %d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
 	}
 	return strings.Join(lines, "\n")
-}
-
-// runCachebus runs a cachebus command to completion, bounded by timeout,
-// and returns its exit code and combined output.
-func runCachebus(t testing.TB, timeout time.Duration, env map[string]string, args ...string) (int, string) {
-	t.Helper()
-	p := startProc(t, "cachebus "+strings.Join(args, " "), env, args...)
-	return p.Wait(timeout), p.Output()
 }
