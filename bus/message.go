@@ -232,7 +232,7 @@ func decodeKeyList(data []byte) (Expire, error) {
 	}
 	var e Expire
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if k := strings.TrimSpace(line); k != "" {
+		if k := strings.Trim(line, " \t\r"); k != "" {
 			e.Keys = append(e.Keys, k)
 		}
 	}
