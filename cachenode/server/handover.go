@@ -392,15 +392,8 @@ func (s *Server) onSyncRequest(m *nats.Msg) {
 func (s *Server) stream(node, inbox string, set *topology.Holds, parts int) {
 	defer s.bg.Done()
 	start := time.Now()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.untilStop()
 	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	buf := wire.NewBatch(make([]byte, 0, s.cfg.HandoverBatchBytes+1024), 0)
 	n, inBatch := 0, 0
 	var err error
@@ -508,15 +501,8 @@ func (s *Server) replayFromLog(parts []int) {
 	}()
 	// Leftovers of an earlier ownership may be older than deletes since.
 	s.clear(&set)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.untilStop()
 	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	start := time.Now()
 	var records, bytes int64
 	defer func() {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,15 +217,8 @@ func (s *Server) replayParts(want []int) []int {
 // partitions only once its reconcile loop runs, which Start begins after
 // it has set s.hb: so s.hb is set here.)
 func (s *Server) replayNamespace(ns string, parts []int, origin string, rep *ReplayReply) error {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.untilStop()
 	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	start := time.Now()
 	since := start.UTC().Format(time.RFC3339)
 	var mine *ReplayStatus

@@ -451,6 +451,20 @@ func (s *Server) stop(ctx context.Context) {
 	s.log.Info("cache node stopped")
 }
 
+// untilStop is a context cancelled when the node stops (or cancel is
+// called), for the background work that must end with it.
+func (s *Server) untilStop() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // background counts one piece of background work for stop to wait for,
 // unless the node is shutting down; the caller calls s.bg.Done when it
 // reported true.
