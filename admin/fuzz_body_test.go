@@ -100,7 +100,7 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	stream, err := conn.JS.Stream(context.Background(), conn.Subjects.EventStream())
+	stream, err := conn.JS.Stream(patient(tb), conn.Subjects.EventStream())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func (fx *fuzzFixture) check(t *testing.T, verb uint8, name string, body []byte)
 	if after := fx.lastSeq(t); seq <= before || seq != after {
 		t.Fatalf("POST %s %q: answered seq %d, the log went from %d to %d", path, body, seq, before, after)
 	}
-	stored, err := fx.stream.GetMsg(context.Background(), seq)
+	stored, err := fx.stream.GetMsg(patient(t), seq)
 	if err != nil {
 		t.Fatalf("event %d of the log: %v", seq, err)
 	}
@@ -247,7 +247,7 @@ func (fx *fuzzFixture) check(t *testing.T, verb uint8, name string, body []byte)
 		t.Fatalf("POST %s %q: the log holds %s %s, want %s %s", path, body, got.Subject, g, subject, w)
 	}
 	if want.Drain != nil {
-		cs, err := fx.state.Load(context.Background())
+		cs, err := fx.state.Load(patient(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +258,7 @@ func (fx *fuzzFixture) check(t *testing.T, verb uint8, name string, body []byte)
 }
 
 func (fx *fuzzFixture) lastSeq(t *testing.T) uint64 {
-	info, err := fx.stream.Info(context.Background())
+	info, err := fx.stream.Info(patient(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,4 +359,14 @@ func encodeEvent(t *testing.T, ev bus.Event) []byte {
 		t.Fatalf("encoding %+v: %v", ev, err)
 	}
 	return data
+}
+
+// patient is the context of the fixture's own reads of the log and the
+// state bucket: longer than JetStream's default 5 s, since CI fuzzes while
+// other packages' tests load the machine, and a slow answer there is not
+// what the target checks.
+func patient(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
 }
