@@ -3,7 +3,36 @@
 // with figures that nothing is lost, nothing stale is served and nothing
 // malformed gets through or stops a receiver.
 //
-// What it proves so far (item 5 of the issue, "bad input"):
+// What it proves so far, item 2 of the issue, "records under faults":
+//
+//   - TestRecordsUnderFaults runs, as real processes from the cachebus
+//     binary TestMain builds (with the race detector when the tests have
+//     it; see package e2e/harness), a three-server NATS cluster and three
+//     cache nodes with one backup, the namespace "sessions" long-term on a
+//     record log of three replicas and "plain" in memory only. Eight
+//     writers put new keys in both namespaces and count a write only once
+//     it is acknowledged, trying a refused one again after a back-off with
+//     the same value, as an application would; four readers read
+//     acknowledged keys back all along and check their values. Meanwhile
+//     it SIGKILLs a cache node, waits until reads and writes of both
+//     namespaces succeed again, starts it again, then SIGKILLs the NATS
+//     server leading the record log (every process and the client have
+//     the three URLs) and starts it again, letting the load run for a set
+//     number of acknowledged writes between faults. At the end every
+//     acknowledged key of both namespaces is read back through the client,
+//     and those of the long-term namespace once more after every cache node
+//     has been SIGKILLed and started again, from the record log: none may
+//     be missing or hold another value (nor may any read during the run).
+//     Its figures: writes acknowledged per namespace, reads and reads
+//     failed, the longest time without a successful write and read of each
+//     namespace after each kill, held to the failure timeout + 5s (for the
+//     long-term writes after the NATS kill, plus NATS's 9s raft election
+//     timeout, which the record log's followers wait out before electing a
+//     new leader), the time every cache node takes to serve again, and the
+//     duration, held to 90s. Under the race detector it writes slower and
+//     waits for fewer writes between faults.
+//
+// and item 5, "bad input":
 //
 //   - TestFuzzTargets runs every fuzz target of the repository (every
 //     `func FuzzXxx(*testing.F)` in a _test.go file, found by scanning the
@@ -38,7 +67,9 @@
 //	go test ./e2e/fault/                 # what CI runs, as part of ./...
 //	go test -v -run Soak ./e2e/fault/    # one test, with its log
 //
-// -short skips both tests. Variables:
+// -short skips every test (and the build of the cachebus binary).
+// Variables, besides those of e2e/harness (CACHEBUS_E2E_BIN,
+// CACHEBUS_E2E_LOGDIR, CACHEBUS_E2E_DEBUG):
 //
 //	CACHEBUS_FUZZTIME   fuzzing time per target (a duration such as 10s, or
 //	                    Nx for N inputs; default 4s; 0 skips the fuzzing)

@@ -196,9 +196,14 @@ func buildMode() string {
 	return "race detector off"
 }
 
+// buildBinaries, when set (records_test.go sets it on Unix systems),
+// builds the binaries the process tests run, before the tests, and returns
+// what removes them after.
+var buildBinaries func() (cleanup func(), err error)
+
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := m.Run()
+	code := run(m)
 	writeFigures(os.Stdout)
 	if path := os.Getenv("CACHEBUS_FIGURES"); path != "" {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -214,4 +219,18 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// run builds the binaries of the process tests, unless -short skips them
+// (their tests then skip themselves), and runs the tests.
+func run(m *testing.M) int {
+	if buildBinaries != nil && !testing.Short() {
+		cleanup, err := buildBinaries()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fault: %v\n", err)
+			return 1
+		}
+		defer cleanup()
+	}
+	return m.Run()
 }

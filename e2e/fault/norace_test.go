@@ -2,6 +2,8 @@
 
 package fault
 
+import "time"
+
 // raceEnabled reports whether the tests run under the race detector.
 const raceEnabled = false
 
@@ -10,4 +12,18 @@ const raceEnabled = false
 const (
 	soakGood = 100_000
 	soakBad  = 100_000
+)
+
+// recordsWritePace is how long each writer of TestRecordsUnderFaults waits
+// after an acknowledged write, and recordsMaxKeys how many keys it writes
+// at most per namespace: at most 400 writes a second per namespace (some
+// 5,000 plain and 3,000 long-term ones in a run), the cap being far above
+// what the test's bounded phases write.
+const (
+	recordsWritePace = 10 * time.Millisecond
+	// recordsPhaseWrites is how many more writes of each namespace the
+	// test waits to see acknowledged before each fault and after the last:
+	// a thousand.
+	recordsPhaseWrites = 1_000
+	recordsMaxKeys     = 30_000
 )

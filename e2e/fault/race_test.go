@@ -2,6 +2,8 @@
 
 package fault
 
+import "time"
+
 // raceEnabled reports whether the tests run under the race detector.
 const raceEnabled = true
 
@@ -11,4 +13,17 @@ const raceEnabled = true
 const (
 	soakGood = 20_000
 	soakBad  = 20_000
+)
+
+// recordsWritePace is how long each writer of TestRecordsUnderFaults waits
+// after an acknowledged write, and recordsMaxKeys how many keys it writes
+// at most per namespace: under the race detector, which slows the cache
+// nodes and NATS several times, a third of the writes.
+const (
+	recordsWritePace = 30 * time.Millisecond
+	// recordsPhaseWrites is how many more writes of each namespace the
+	// test waits to see acknowledged before each fault and after the last:
+	// 150: fewer under the race detector.
+	recordsPhaseWrites = 150
+	recordsMaxKeys     = 10_000
 )
