@@ -3,10 +3,10 @@ package bench
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/cachebus/cachebus/persistence"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -91,7 +91,7 @@ func RawOrderedReadParallel(ctx context.Context, js jetstream.JetStream, stream,
 			if finished {
 				return
 			}
-			seq, pending := replySeq(m.Reply())
+			seq, pending, _ := persistence.AckSeqPending(m.Reply())
 			if seq <= hi {
 				got.Add(1)
 			}
@@ -120,33 +120,4 @@ func checkRaw(stream string, got int64, want int) error {
 		return fmt.Errorf("raw read of %s: %d messages, want %d", stream, got, want)
 	}
 	return nil
-}
-
-// replySeq reads the stream sequence and the pending count from the reply
-// subject of a consumer's message (0 for either when it has none), without
-// allocating, as Replay reads them:
-//
-//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
-//	$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>[.<token>…]
-func replySeq(reply string) (seq, pending uint64) {
-	var tok [12]string
-	n := 0
-	for rest, more := reply, true; more && n < len(tok); n++ {
-		tok[n], rest, more = strings.Cut(rest, ".")
-	}
-	switch {
-	case n == 9:
-		return atou(tok[5]), atou(tok[8])
-	case n >= 11:
-		return atou(tok[7]), atou(tok[10])
-	}
-	return 0, 0
-}
-
-func atou(s string) uint64 {
-	var n uint64
-	for i := 0; i < len(s); i++ {
-		n = n*10 + uint64(s[i]-'0')
-	}
-	return n
 }

@@ -649,6 +649,11 @@ func (l *RecordLog) Delete(ctx context.Context, ns string, p int, key string) (u
 // server without per-message TTLs the tombstone could never leave, so
 // there a delete purges the key's subject instead and returns sequence 0.
 func (l *RecordLog) Write(ctx context.Context, r Record) (uint64, error) {
+	return l.write(ctx, r)
+}
+
+// write is Write with extra publish options (conditions).
+func (l *RecordLog) write(ctx context.Context, r Record, extra ...jetstream.PublishOpt) (uint64, error) {
 	if r.Deleted && !l.msgTTL {
 		subj := l.codec.Subject(r.NS, r.Partition, r.Key)
 		if err := checkRecord(r.NS, r.Partition, r.Key); err != nil {
@@ -664,12 +669,59 @@ func (l *RecordLog) Write(ctx context.Context, r Record) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	ack, err := l.c.JS.PublishMsg(ctx, msg, opts...)
+	ack, err := l.c.JS.PublishMsg(ctx, msg, append(opts, extra...)...)
 	if err != nil {
 		return 0, fmt.Errorf("persistence: write record %s/%s: %w", r.NS, clipString(r.Key), err)
 	}
 	l.metrics.Written.WithLabelValues(opName(r)).Inc()
 	return ack.Sequence, nil
+}
+
+// ErrRecordChanged is the error of WriteIfLast when the key's last
+// message is no longer the one it was given.
+var ErrRecordChanged = errors.New("persistence: the record changed meanwhile")
+
+// Last reads the last message the log keeps of ns/key in partition p, as
+// a record with its Seq set; found is false when the log keeps none. A
+// message that is no record this log can open is returned as an error
+// wrapping ErrBadRecord (or ErrRecordKeyUnknown, ErrRecordSeal), with
+// Seq set all the same.
+func (l *RecordLog) Last(ctx context.Context, ns string, p int, key string) (r Record, found bool, err error) {
+	if err := checkRecord(ns, p, key); err != nil {
+		return Record{}, false, err
+	}
+	m, err := l.stream.GetLastMsgForSubject(ctx, l.codec.Subject(ns, p, key))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return Record{}, false, nil
+	case err != nil:
+		return Record{}, false, fmt.Errorf("persistence: read record %s/%s: %w", ns, clipString(key), err)
+	}
+	r, err = l.codec.Decode(m.Subject, m.Header, m.Data)
+	r.Seq = m.Sequence
+	return r, true, err
+}
+
+// WriteIfLast is Write on the condition that the key's last message is
+// still the one of sequence last (0: none), so that a write made meanwhile
+// is never overwritten; otherwise it fails with ErrRecordChanged. Without
+// per-message TTLs a tombstone is a purge of the key, which takes no
+// condition: it is made all the same, ordered after every message before
+// it.
+func (l *RecordLog) WriteIfLast(ctx context.Context, r Record, last uint64) (uint64, error) {
+	seq, err := l.write(ctx, r, jetstream.WithExpectLastSequencePerSubject(last))
+	if wrongLast(err) {
+		return 0, fmt.Errorf("%w: %s/%s: %w", ErrRecordChanged, r.NS, clipString(r.Key), err)
+	}
+	return seq, err
+}
+
+// wrongLast reports whether err is JetStream's refusal of a write whose
+// expected last sequence of its subject did not hold.
+func wrongLast(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 func opName(r Record) string {
@@ -1329,7 +1381,7 @@ func (rd *replayReader) handle(m jetstream.Msg) {
 		return
 	}
 	r := rd.r
-	seq, pending, ok := ackSeqPending(m.Reply())
+	seq, pending, ok := AckSeqPending(m.Reply())
 	if !ok {
 		r.l.c.Log.Warn("record replay: message without metadata", "ns", r.ns, "reply", clipString(m.Reply()))
 		return
@@ -1367,13 +1419,14 @@ func (rd *replayReader) handle(m jetstream.Msg) {
 	}
 }
 
-// ackSeqPending reads the stream sequence and the pending count from the
+// AckSeqPending reads the stream sequence and the pending count from the
 // reply subject of a consumer's message, as jetstream's Metadata does but
-// without its allocations:
+// without its allocations (for Replay, and for the raw reads beside which
+// it is measured):
 //
 //	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
 //	$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>[.<token>…]
-func ackSeqPending(reply string) (seq, pending uint64, ok bool) {
+func AckSeqPending(reply string) (seq, pending uint64, ok bool) {
 	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
 	if !ok {
 		return 0, 0, false
@@ -1512,9 +1565,7 @@ func (l *RecordLog) Rekey(ctx context.Context, ns string, progress func(ReplayPr
 			case <-f.Ok():
 				rewritten++
 			case err := <-f.Err():
-				var apiErr *jetstream.APIError
-				if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-					apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+				if wrongLast(err) {
 					continue // written again meanwhile, with the current key
 				}
 				return fmt.Errorf("persistence: rekey %s: %w", ns, err)

@@ -504,17 +504,16 @@ func (s *Server) replayFromLog(parts []int) {
 	ctx, cancel := s.untilStop()
 	defer cancel()
 	start := time.Now()
+	since := start.UTC().Format(time.RFC3339)
 	var records, bytes int64
-	defer func() {
+	show := func(st *ReplayStatus) {
 		s.mu.Lock()
-		s.replaying = nil
+		s.replaying = st
 		s.mu.Unlock()
-	}()
+	}
+	defer show(nil)
 	for _, ns := range s.cfg.LongTerm {
-		lastLog := time.Now()
-		s.mu.Lock()
-		s.replaying = &ReplayStatus{NS: ns, Partitions: len(parts), Since: start.UTC().Format(time.RFC3339)}
-		s.mu.Unlock()
+		show(&ReplayStatus{NS: ns, Partitions: len(parts), Since: since})
 		st, err := s.recLog.Replay(ctx, ns, parts, func(r persistence.Record) error {
 			if r.Deleted {
 				return nil // a node taking a partition empty has nothing to delete
@@ -523,18 +522,7 @@ func (s *Server) replayFromLog(parts []int) {
 				s.log.Warn("replayed record not stored", "ns", r.NS, "key", r.Key, "err", err)
 			}
 			return nil
-		}, func(pr persistence.ReplayProgress) {
-			s.mu.Lock()
-			s.replaying = &ReplayStatus{NS: ns, Partitions: len(parts), Records: pr.Records, Bytes: pr.Bytes,
-				Percent: pr.Percent, Rate: pr.Rate, Since: start.UTC().Format(time.RFC3339)}
-			s.mu.Unlock()
-			if time.Since(lastLog) < 2*time.Second {
-				return
-			}
-			lastLog = time.Now()
-			s.log.Info("replaying long-term records", "ns", ns, "partitions", len(parts), "records", pr.Records,
-				"bytes", pr.Bytes, "rate", int64(pr.Rate), "percent", fmt.Sprintf("%.0f", pr.Percent))
-		}, persistence.ReplayReaders(replayReaders()))
+		}, s.replayProgress("replaying long-term records", ns, len(parts), since, show), persistence.ReplayReaders(replayReaders()))
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("long-term records not replayed: the partitions wait", "ns", ns, "partitions", len(parts), "err", err)

@@ -216,7 +216,7 @@ func (s *Server) logReachable(g *logGate) error {
 	}
 	g.mu.Unlock()
 	for _, d := range doubts {
-		if err := s.settle(st, d); err != nil {
+		if err := s.settle(d); err != nil {
 			return fmt.Errorf("record log %s: settling the write of %s/%s in doubt: %w", s.recLog.Stream(), d.ns, d.key, err)
 		}
 		g.mu.Lock()
@@ -265,20 +265,16 @@ func logQuorum(info *jetstream.StreamInfo) error {
 // a tombstone when it holds none). A copy of the refused write still in
 // flight in JetStream is thus either seen here or ordered before this
 // write.
-func (s *Server) settle(st jetstream.Stream, d logDoubt) error {
+func (s *Server) settle(d logDoubt) error {
 	mu := &s.persist[stripe(d.ns, d.key)]
 	mu.Lock()
 	defer mu.Unlock()
-	codec := s.recLog.Codec()
-	subj := codec.Subject(d.ns, d.p, d.key)
 	var err error
 	for range logSettleTries {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-		err = s.settleOnce(ctx, st, d, subj)
+		err = s.settleOnce(ctx, d)
 		cancel()
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence &&
-			apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		if !errors.Is(err, persistence.ErrRecordChanged) {
 			return err
 		}
 	}
@@ -286,35 +282,23 @@ func (s *Server) settle(st jetstream.Stream, d logDoubt) error {
 }
 
 // settleOnce is one attempt of settle.
-func (s *Server) settleOnce(ctx context.Context, st jetstream.Stream, d logDoubt, subj string) error {
-	var (
-		seq  uint64
-		have *persistence.Record
-	)
-	m, err := st.GetLastMsgForSubject(ctx, subj)
+func (s *Server) settleOnce(ctx context.Context, d logDoubt) error {
+	have, found, err := s.recLog.Last(ctx, d.ns, d.p, d.key)
 	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case found && err != nil:
+		// Not a record this node can read: not the refused write, and
+		// not this node's to replace.
+		s.log.Warn("record log: the last message of a key with a write in doubt is no record; left as it is",
+			"ns", d.ns, "key", d.key, "seq", have.Seq, "err", err)
+		return nil
 	case err != nil:
 		return err
-	default:
-		seq = m.Sequence
-		r, err := s.recLog.Codec().Decode(m.Subject, m.Header, m.Data)
-		if err != nil {
-			// Not a record this node can read: not the refused write,
-			// and not this node's to replace.
-			s.log.Warn("record log: the last message of a key with a write in doubt is no record; left as it is",
-				"ns", d.ns, "key", d.key, "seq", seq, "err", err)
-			return nil
-		}
-		have = &r
 	}
-	var want persistence.Record
-	if have != nil && have.Version != d.version {
-		want = *have
-	} else {
-		if have != nil {
+	want := have
+	if !found || have.Version == d.version {
+		if found {
 			s.log.Info("record log: a long-term write refused while it was unreachable had been kept after all; undoing it",
-				"ns", d.ns, "key", d.key, "version", d.version, "seq", seq)
+				"ns", d.ns, "key", d.key, "version", d.version, "seq", have.Seq)
 		}
 		if held, ok := s.heldEntry(d.ns, d.key); ok {
 			want = logRecord(d.p, &held)
@@ -323,37 +307,8 @@ func (s *Server) settleOnce(ctx context.Context, st jetstream.Stream, d logDoubt
 				Version: s.rec.reserve(d.ns, d.key)}
 		}
 	}
-	if want.Deleted && !s.recLog.MsgTTL() {
-		// Without per-message TTLs a tombstone is a purge of the key,
-		// which takes no condition; it is ordered after the refused
-		// write all the same.
-		_, err := s.recLog.Write(ctx, want)
-		return err
-	}
-	if want.Deleted && want.Expires.IsZero() {
-		want.Expires = time.Now().Add(s.tombstoneTTL())
-	}
-	msg, err := s.recLog.Codec().Encode(want)
-	if err != nil {
-		return err
-	}
-	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(seq)}
-	if s.recLog.MsgTTL() && !want.Expires.IsZero() {
-		// As the record log does it: whole seconds, rounded up, one at
-		// least.
-		ttl := time.Until(want.Expires)
-		opts = append(opts, jetstream.WithMsgTTL(max((ttl+time.Second-1)/time.Second*time.Second, time.Second)))
-	}
-	_, err = s.c.JS.PublishMsg(ctx, msg, opts...)
+	_, err = s.recLog.WriteIfLast(ctx, want, have.Seq)
 	return err
-}
-
-// tombstoneTTL is how long a tombstone stays in the record log.
-func (s *Server) tombstoneTTL() time.Duration {
-	if s.cfg.TombstoneTTL > 0 {
-		return s.cfg.TombstoneTTL
-	}
-	return time.Minute
 }
 
 // heldEntry is what this node stores of ns/key, tombstones and stale

@@ -240,7 +240,6 @@ func (s *Server) replayNamespace(ns string, parts []int, origin string, rep *Rep
 		s.hb.Announce()
 	}()
 	s.log.Info("replaying long-term records on demand", "ns", ns, "partitions", len(parts), "origin", origin)
-	lastLog := time.Now()
 	st, err := s.recLog.Replay(ctx, ns, parts, func(r persistence.Record) error {
 		if !s.held(r.Partition) {
 			return nil // dropped meanwhile: its records went with it
@@ -259,16 +258,7 @@ func (s *Server) replayNamespace(ns string, parts []int, origin string, rep *Rep
 			rep.Applied++
 		}
 		return nil
-	}, func(pr persistence.ReplayProgress) {
-		show(&ReplayStatus{NS: ns, Partitions: len(parts), Records: pr.Records, Bytes: pr.Bytes,
-			Percent: pr.Percent, Rate: pr.Rate, Since: since})
-		if time.Since(lastLog) < 2*time.Second {
-			return
-		}
-		lastLog = time.Now()
-		s.log.Info("replaying long-term records on demand", "ns", ns, "partitions", len(parts), "records", pr.Records,
-			"bytes", pr.Bytes, "rate", int64(pr.Rate), "percent", fmt.Sprintf("%.0f", pr.Percent))
-	})
+	}, s.replayProgress("replaying long-term records on demand", ns, len(parts), since, show))
 	took := time.Since(start)
 	rep.Records, rep.Expired, rep.Rejected, rep.Bytes = st.Records, st.Expired, st.Rejected, st.Bytes
 	rep.Took = took.Round(time.Millisecond).String()
@@ -287,4 +277,21 @@ func (s *Server) replayNamespace(ns string, parts []int, origin string, rep *Rep
 		"applied", rep.Applied, "deleted", rep.Deleted, "older", rep.Older, "failed", rep.Failed, "bytes", st.Bytes,
 		"took", took.Round(time.Millisecond), "rate", int64(rep.Rate), "origin", origin)
 	return nil
+}
+
+// replayProgress is the progress callback of a replay of ns over parts
+// partitions begun at since: it shows each step through show (the node's
+// replay status) and logs one every 2 seconds with msg.
+func (s *Server) replayProgress(msg, ns string, parts int, since string, show func(*ReplayStatus)) func(persistence.ReplayProgress) {
+	lastLog := time.Now()
+	return func(pr persistence.ReplayProgress) {
+		show(&ReplayStatus{NS: ns, Partitions: parts, Records: pr.Records, Bytes: pr.Bytes,
+			Percent: pr.Percent, Rate: pr.Rate, Since: since})
+		if time.Since(lastLog) < 2*time.Second {
+			return
+		}
+		lastLog = time.Now()
+		s.log.Info(msg, "ns", ns, "partitions", parts, "records", pr.Records,
+			"bytes", pr.Bytes, "rate", int64(pr.Rate), "percent", fmt.Sprintf("%.0f", pr.Percent))
+	}
 }

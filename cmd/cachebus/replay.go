@@ -88,11 +88,8 @@ func runReplay(ctx context.Context, env *runEnv, cfgAny any, args []string) erro
 		return fmt.Errorf("replay: no cache tier on this NATS (no %s bucket): start cache nodes first", conn.Subjects.NodesBucket())
 	}
 	defer tier.Stop()
-	// Every live node heartbeats within an interval; listen a little longer.
-	select {
-	case <-time.After(cfg.Interval * 3 / 2):
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := hearBeats(ctx, cfg.Interval); err != nil {
+		return err
 	}
 	live := slices.Sorted(maps.Keys(tier.Table().Nodes))
 	if len(live) == 0 {

@@ -63,11 +63,8 @@ func runStatus(ctx context.Context, env *runEnv, cfgAny any, args []string) erro
 		}
 		defer members.Stop()
 	}
-	// Every live member heartbeats within an interval; listen a little longer.
-	select {
-	case <-time.After(cfg.Interval * 3 / 2):
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := hearBeats(ctx, cfg.Interval); err != nil {
+		return err
 	}
 
 	cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -121,6 +118,17 @@ func runStatus(ctx context.Context, env *runEnv, cfgAny any, args []string) erro
 		return fmt.Errorf("status incomplete: %w", err)
 	}
 	return nil
+}
+
+// hearBeats waits a heartbeat interval and a half: every live member
+// heartbeats within an interval, so by then each one has been heard.
+func hearBeats(ctx context.Context, interval time.Duration) error {
+	select {
+	case <-time.After(interval * 3 / 2):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // trackTier follows the cache tier's assignment and heartbeats; nil
