@@ -88,9 +88,11 @@ func (s *Server) reconcile() {
 		case owner && !held:
 			switch {
 			case prim != "" && prim != s.cfg.ID:
+				// A suspect partition stays suspect until the copy
+				// succeeds: should it fail, what this node kept may be
+				// the best there is.
 				src := copySource(tab, p, s.cfg.ID)
 				from[src] = append(from[src], p)
-				s.suspect.Set(p, false)
 			case prim == "" && settled && s.recLog != nil:
 				// Its long-term records are in the record log: read
 				// them back before serving it.
@@ -241,6 +243,35 @@ func (s *Server) clear(set *topology.Holds) int {
 	return n
 }
 
+// suspectEntries copies the records of the suspect partitions among
+// parts.
+func (s *Server) suspectEntries(parts []int) []wire.Entry {
+	var set topology.Holds
+	s.mu.Lock()
+	for _, p := range parts {
+		if s.suspect.Has(p) {
+			set.Set(p, true)
+		}
+	}
+	s.mu.Unlock()
+	if set.Count() == 0 {
+		return nil
+	}
+	var out []wire.Entry
+	for _, ns := range s.rec.store.Namespaces() {
+		s.rec.store.Range(ns, func(key string, v []byte, deadline int64) bool {
+			if set.Has(partition.PartitionOf(key)) {
+				if e, ok := entryOf(ns, key, v, deadline); ok {
+					e.Value = bytes.Clone(e.Value)
+					out = append(out, e)
+				}
+			}
+			return true
+		})
+	}
+	return out
+}
+
 // syncRequest asks a holder for partitions' data; the holder streams it to
 // Inbox as entry batches, each acknowledged, the last one flagged.
 type syncRequest struct {
@@ -261,12 +292,25 @@ func (s *Server) syncFrom(src string, parts []int) {
 		set.Set(p, true)
 	}
 	ok := false
+	var kept []wire.Entry
 	defer func() {
+		if !ok && len(kept) > 0 {
+			// By the version rule: what the copy or replication brought
+			// meanwhile is newer.
+			for i := range kept {
+				_, _ = s.rec.apply(&kept[i])
+			}
+			s.log.Info("partition copy failed: kept what was held before the disconnect", "from", src, "records", len(kept))
+		}
 		s.endTaking(parts, ok)
 		s.poke()
 	}()
 	// What is here from an earlier ownership may be older than deletes
-	// made since; the copy brings back what is current.
+	// made since; the copy brings back what is current. What the node
+	// kept across a disconnect (suspect) is put back should the copy fail:
+	// the holder it copies from may have lost the partition meanwhile, and
+	// then this is all there is.
+	kept = s.suspectEntries(parts)
 	s.clear(&set)
 
 	var records, last atomic.Int64
@@ -460,6 +504,7 @@ func (s *Server) endTaking(parts []int, ok bool) {
 		s.syncing.Set(p, false)
 		if ok {
 			s.holds.Set(p, true)
+			s.suspect.Set(p, false)
 		}
 	}
 	s.mu.Unlock()

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
+	neturl "net/url"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -469,4 +473,142 @@ func TestSlowStartHearsPeersFirst(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestBothOwnersCutOffAtOnce: n2 and n3, the two owners of some
+// partitions, lose their NATS connection at the same moment, as when the
+// NATS server both are connected to dies, and come back. Each suspects
+// what it holds and tries to copy it from the other, which no longer
+// announces it: the copies fail, and neither may have thrown its data
+// away for them. Every record written before is still served, and every
+// holder agrees with what is served. (The fault suite found the loss:
+// before the fix, the copy cleared the partition first and the failed
+// copy left it empty.)
+func TestBothOwnersCutOffAtOnce(t *testing.T) {
+	cl := newClusterWith(t, nil)
+	base := []string{"n1", "n2", "n3"}
+	proxy := newCutProxy(t, cl.url)
+	cl.start("n1", base)
+	cl.startAt("n2", base, proxy.URL())
+	cl.startAt("n3", base, proxy.URL())
+	cl.waitSettled()
+	a := cl.assignment()
+	var keys []string // keys of partitions n2 and n3 own
+	for i := 0; len(keys) < 200 && i < 100000; i++ {
+		k := fmt.Sprintf("both-%d", i)
+		if o := a.Owners[partition.PartitionOf(k)]; !slices.Contains(o, "n1") {
+			keys = append(keys, k)
+		}
+	}
+	client := cl.client()
+	ctx := context.Background()
+	for _, k := range keys {
+		if _, err := client.Put(ctx, "plain", k, []byte("v-"+k), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy.cut()
+	bustest.WaitFor(t, 5*time.Second, "n2 and n3 cut off", func() bool {
+		return !cl.conns["n2"].NC.IsConnected() && !cl.conns["n3"].NC.IsConnected()
+	})
+	proxy.restore()
+	cl.waitSettled()
+	for _, k := range keys {
+		p := partition.PartitionOf(k)
+		r, err := client.Get(ctx, "plain", k)
+		if err != nil {
+			t.Errorf("%s (partition %d, owners %v): %v", k, p, a.Owners[p], err)
+			continue
+		}
+		if string(r.Value) != "v-"+k {
+			t.Errorf("%s: served %q", k, r.Value)
+		}
+		for _, id := range cl.holders(p) {
+			if v, ok := replyValue(t, localGet(t, cl.nodes[id], "plain", k)); !ok || v != "v-"+k {
+				t.Errorf("%s (partition %d): %s's copy %q found=%v", k, p, id, v, ok)
+			}
+		}
+	}
+}
+
+// cutProxy is a TCP proxy to a NATS server that can cut every connection
+// through it and refuse new ones until restored: the NATS server its
+// clients use died, for them alone.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]struct{}
+}
+
+func newCutProxy(t *testing.T, natsURL string) *cutProxy {
+	t.Helper()
+	u, err := neturl.Parse(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: u.Host, conns: map[net.Conn]struct{}{}}
+	t.Cleanup(func() { _ = ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", p.target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			if !p.track(c, up) {
+				continue
+			}
+			go p.pipe(c, up)
+			go p.pipe(up, c)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) URL() string { return "nats://" + p.ln.Addr().String() }
+
+// track keeps c and up to be cut, or closes them while the proxy is down.
+func (p *cutProxy) track(c, up net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		_ = c.Close()
+		_ = up.Close()
+		return false
+	}
+	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+	return true
+}
+
+// cut closes every connection and refuses new ones.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	clear(p.conns)
+}
+
+// restore accepts connections again.
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+func (p *cutProxy) pipe(dst, src net.Conn) {
+	defer func() { _ = dst.Close(); _ = src.Close() }()
+	_, _ = io.Copy(dst, src)
 }
