@@ -10,6 +10,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -249,16 +251,36 @@ func runFuzzTarget(ctx context.Context, bin, root string, tg fuzzTarget, budget,
 	corpus := filepath.Join(pkgDir, "testdata", "fuzz", tg.name)
 	before := listDir(corpus)
 
+	// A time budget is not given to the fuzzer as -test.fuzztime=4s: Go
+	// 1.26's coordinator can report its own deadline as a failure, with no
+	// failing input, when a loaded machine keeps a worker from answering
+	// in time (go.dev/issue/75804). The fuzzer gets an unbounded count and
+	// an interrupt at the end of the budget, which it takes as a clean stop,
+	// as it takes ^C.
+	fuzztime, wall := budget, time.Duration(0)
+	if d, err := time.ParseDuration(budget); err == nil {
+		fuzztime, wall = strconv.FormatInt(math.MaxInt64, 10)+"x", d
+	}
 	// -test.parallel=1: one fuzzing worker, so that the tests of other
 	// packages running beside this one keep a core.
-	cmd := exec.CommandContext(ctx, bin, "-test.run=^$", "-test.fuzz=^"+tg.name+"$", "-test.fuzztime="+budget,
+	cmd := exec.CommandContext(ctx, bin, "-test.run=^$", "-test.fuzz=^"+tg.name+"$", "-test.fuzztime="+fuzztime,
 		"-test.parallel=1", "-test.fuzzcachedir="+cacheDir, "-test.timeout=10m")
 	cmd.Dir = pkgDir
 	cmd.WaitDelay = 10 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &fuzzOutput{started: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return fuzzResult{err: fmt.Errorf("start the fuzzer: %w", err)}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	if wall == 0 {
+		err = <-done
+	} else {
+		err = interruptAfter(cmd, done, out.started, wall)
+	}
 	res := fuzzResult{elapsed: time.Since(start), output: out.String()}
 	if m := execsRE.FindAllStringSubmatch(res.output, -1); len(m) > 0 {
 		res.execs, _ = strconv.ParseInt(m[len(m)-1][1], 10, 64)
@@ -288,6 +310,55 @@ func runFuzzTarget(ctx context.Context, bin, root string, tg fuzzTarget, budget,
 		res.err = errors.New("no fuzzing progress in the output: the target did not fuzz")
 	}
 	return res
+}
+
+// interruptAfter interrupts the fuzzer once it has fuzzed for wall, and
+// returns how it ended. The interrupt waits for the fuzzer's first progress
+// line: before it, the test binary may not yet catch the signal, which
+// would kill it.
+func interruptAfter(cmd *exec.Cmd, done <-chan error, started <-chan struct{}, wall time.Duration) error {
+	select {
+	case err := <-done:
+		return err
+	case <-started:
+	}
+	budget := time.NewTimer(wall)
+	defer budget.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-budget.C:
+		if err := cmd.Process.Signal(os.Interrupt); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("interrupt the fuzzer: %w", err)
+		}
+		return <-done
+	}
+}
+
+// fuzzOutput collects the fuzzer's output and closes started at its first
+// progress line.
+type fuzzOutput struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	started chan struct{}
+	seen    bool
+}
+
+func (o *fuzzOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n, err := o.buf.Write(p)
+	if !o.seen && bytes.Contains(o.buf.Bytes(), []byte("fuzz: elapsed")) {
+		o.seen = true
+		close(o.started)
+	}
+	return n, err
+}
+
+func (o *fuzzOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }
 
 // listDir lists the names in dir (none when it does not exist).
