@@ -118,7 +118,17 @@ type space struct {
 	// swapMu is held shared by writers and exclusively by a swap, so no
 	// write lands in a cache the swap is replacing.
 	swapMu sync.RWMutex
+	// rulesAt is the sequence of the last prefix or tag flush, and
+	// deletedAt, by a stripe of the key's hash, that of the last Delete of
+	// a key in the stripe: what SetIfUnexpired checks (see there).
+	rulesAt   atomic.Uint64
+	deletedAt [deleteStripes]atomic.Uint64
 }
+
+// deleteStripes is how many stripes of keys record their last Delete: a
+// Delete of one key makes a SetIfUnexpired of another key of its stripe
+// that began before it skip the store, one in 1024.
+const deleteStripes = 1024
 
 // flushRules is immutable once published; a change publishes a copy.
 type flushRules struct {
@@ -263,6 +273,71 @@ func (s *Store) SetUntil(ns, key string, value []byte, deadline int64, tags ...s
 	return nil
 }
 
+// Mark returns the point reached in the store's sequence of writes and
+// expires, for SetIfUnexpired; it creates namespace ns, so that an expire
+// of ns that comes after it is recorded.
+func (s *Store) Mark(ns string) (uint64, error) {
+	if _, err := s.space(ns); err != nil {
+		return 0, err
+	}
+	return s.seq.Load(), nil
+}
+
+// SetIfUnexpired is Set for a value read from its source after mark was
+// taken: it stores nothing, and reports false, when an expire that may
+// cover ns/key (a Delete of the key or of one of its stripe, a prefix or
+// tag flush of ns, a flush of ns) came after mark. Without it, a value
+// read just before the source changed, and stored just after the expire
+// that followed the change went by, would be served stale until its TTL.
+func (s *Store) SetIfUnexpired(ns, key string, value []byte, ttl time.Duration, mark uint64, tags ...string) (bool, error) {
+	sp, err := s.space(ns)
+	if err != nil {
+		return false, err
+	}
+	if sp.expiredSince(key, mark) {
+		return false, nil
+	}
+	if beforeUnexpiredSet != nil {
+		beforeUnexpiredSet()
+	}
+	if err := s.Set(ns, key, value, ttl, tags...); err != nil {
+		return false, err
+	}
+	// An expire may have come between the check and the write. Each
+	// expire records its sequence before it takes effect, so either this
+	// second check sees it, or the entry was written before the expire
+	// recorded it: a Delete then deletes the entry, a flush covers it.
+	if sp.expiredSince(key, mark) {
+		sp.swapMu.RLock()
+		_ = sp.cache.Load().Delete(key)
+		sp.swapMu.RUnlock()
+		return false, nil
+	}
+	return true, nil
+}
+
+// beforeUnexpiredSet, set by tests, runs between SetIfUnexpired's first
+// check and its write: where an expire can slip in.
+var beforeUnexpiredSet func()
+
+// expiredSince reports whether an expire that may cover key came after
+// sequence mark.
+func (sp *space) expiredSince(key string, mark uint64) bool {
+	return sp.flushedAt.Load() > mark || sp.rulesAt.Load() > mark ||
+		sp.deletedAt[fnv64{}.Sum64(key)%deleteStripes].Load() > mark
+}
+
+// raise sets v to seq unless it holds a later one already: two Deletes of
+// one stripe may record theirs out of order.
+func raise(v *atomic.Uint64, seq uint64) {
+	for {
+		cur := v.Load()
+		if cur >= seq || v.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
 // MaxEntry is the largest entry a namespace takes, header and tags
 // included: half of one bigcache shard, because bigcache refuses an entry
 // its shard's queue cannot grow around, which happens well before the
@@ -400,6 +475,8 @@ func (r *flushRules) covers(key string, h entryHeader) bool {
 // Delete removes ns/key.
 func (s *Store) Delete(ns, key string) {
 	if sp := s.lookup(ns); sp != nil {
+		// Recorded first: see SetIfUnexpired.
+		raise(&sp.deletedAt[fnv64{}.Sum64(key)%deleteStripes], s.seq.Add(1))
 		sp.swapMu.RLock()
 		_ = sp.cache.Load().Delete(key)
 		sp.swapMu.RUnlock()
@@ -428,6 +505,8 @@ func (s *Store) addRule(ns string, add func(*flushRules, uint64)) {
 		return // nothing stored, nothing to drop
 	}
 	sp.rulesMu.Lock()
+	// Recorded before the rule's own sequence is taken: see SetIfUnexpired.
+	sp.rulesAt.Store(s.seq.Add(1))
 	next := &flushRules{tags: map[string]uint64{}}
 	if cur := sp.rules.Load(); cur != nil {
 		next.prefixes = append(next.prefixes, cur.prefixes...)
@@ -449,7 +528,7 @@ func (s *Store) Flush(ns string) {
 	if sp == nil {
 		return
 	}
-	sp.flushedAt.Store(s.seq.Add(1))
+	raise(&sp.flushedAt, s.seq.Add(1))
 	select {
 	case sp.sweep <- struct{}{}:
 	default:

@@ -157,6 +157,13 @@ func (c *Client) Do(ctx context.Context, key string, ttl time.Duration, fn func(
 		if v, st := c.store.Get(c.ns, key); st == cachenode.Hit {
 			return v, nil
 		}
+		// Taken before fn reads the source: a flush that comes while fn
+		// runs may be for a change fn did not see, so its value is
+		// returned but not kept.
+		mark, err := c.store.Mark(c.ns)
+		if err != nil {
+			return nil, fmt.Errorf("memo: %w", err)
+		}
 		val, err := fn(ctx)
 		if err != nil {
 			return nil, err
@@ -165,8 +172,12 @@ func (c *Client) Do(ctx context.Context, key string, ttl time.Duration, fn func(
 		for _, opt := range opts {
 			opt(&o)
 		}
-		if err := c.store.Set(c.ns, key, val, ttl, o.tags...); err != nil {
+		kept, err := c.store.SetIfUnexpired(c.ns, key, val, ttl, mark, o.tags...)
+		switch {
+		case err != nil:
 			c.log.Warn("memo: value not kept", "key", key, "err", err)
+		case !kept:
+			c.m.superseded.Inc()
 		}
 		return val, nil
 	})
@@ -279,9 +290,11 @@ func (h handler) Apply(ev bus.Event) {
 		c.store.Apply(ev.NS, *ev.Expire)
 		c.m.flushesApplied.WithLabelValues(originLabel(ev.Expire.Origin)).Inc()
 	case ev.Seed != nil:
+		// Deleted first, as an expire would be, so that a value being read
+		// from the source meanwhile does not replace the seed's.
+		c.store.Delete(ev.NS, ev.Seed.Key)
 		if err := c.store.Set(ev.NS, ev.Seed.Key, ev.Seed.Value, ev.Seed.TTL); err != nil {
 			c.log.Warn("memo: seed not applied", "key", ev.Seed.Key, "origin", ev.Seed.Origin, "err", err)
-			c.store.Delete(ev.NS, ev.Seed.Key) // never keep the value it replaced
 			return
 		}
 		c.m.seedsApplied.WithLabelValues(originLabel(ev.Seed.Origin)).Inc()

@@ -154,6 +154,58 @@ func TestFlushReachesPeers(t *testing.T) {
 	}
 }
 
+// TestFlushWhileLoading: a client reads a key from the source, the source
+// changes and a peer flushes the key while the read is still on its way
+// back. The value read is returned, but not kept: the next Do reads the
+// source again. (Kept, it would be served stale until its TTL.)
+func TestFlushWhileLoading(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name  string
+		flush func(c *memo.Client) error
+	}{
+		{"key", func(c *memo.Client) error { return c.Flush(ctx, "user:1") }},
+		{"prefix", func(c *memo.Client) error { return c.FlushPrefix(ctx, "user:") }},
+		{"tag", func(c *memo.Client) error { return c.FlushTag(ctx, "t") }},
+		{"all", func(c *memo.Client) error { return c.FlushAll(ctx) }},
+		{"seed", func(c *memo.Client) error { return c.Seed(ctx, "user:1", []byte("user:1@1"), time.Minute) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := newCluster(t, memo.Options{Namespace: "users"})
+			a, b := cl.clients[0], cl.clients[1]
+			src := newSource()
+			read, release := make(chan struct{}), make(chan struct{})
+			got := make(chan string, 1)
+			go func() {
+				v, err := a.Do(ctx, "user:1", time.Minute, func(ctx context.Context) ([]byte, error) {
+					v, err := src.fn("user:1")(ctx)
+					close(read)
+					<-release
+					return v, err
+				}, memo.Tags("t"))
+				if err != nil {
+					t.Errorf("Do: %v", err)
+				}
+				got <- string(v)
+			}()
+			<-read
+			src.bump("user:1")
+			if err := tt.flush(b); err != nil {
+				t.Fatal(err)
+			}
+			cl.sync(t)
+			close(release)
+			if v := <-got; v != "user:1@0" {
+				t.Fatalf("Do returned %q, want the value it read, user:1@0", v)
+			}
+			if v := do(t, a, src, "user:1"); v != "user:1@1" {
+				t.Fatalf("Do after the flush = %q, want user:1@1: the value read before the flush was kept", v)
+			}
+		})
+	}
+}
+
 func TestSeedReachesPeers(t *testing.T) {
 	cl := newCluster(t, memo.Options{Namespace: "users"})
 	src := newSource()

@@ -11,6 +11,7 @@ import (
 type metrics struct {
 	hits, misses, stale, staleOnError prometheus.Counter
 	fnErrors                          prometheus.Counter
+	superseded                        prometheus.Counter
 	flushesSent                       *prometheus.CounterVec // by kind: key, prefix, tag, all
 	flushesApplied                    *prometheus.CounterVec // by origin
 	seedsSent                         prometheus.Counter
@@ -29,8 +30,10 @@ func newMetrics(reg prometheus.Registerer, ns string, store *cachenode.Store) (*
 		stale:        counter("cachebus_memo_stale_served_total", "Stale copies served while fallback is on."),
 		staleOnError: counter("cachebus_memo_stale_on_error_total", "Stale copies served because fn failed."),
 		fnErrors:     counter("cachebus_memo_fn_errors_total", "Calls of fn that returned an error."),
-		seedsSent:    counter("cachebus_memo_seeds_sent_total", "Seeds sent to the peers."),
-		gapFlushes:   counter("cachebus_memo_gap_flushes_total", "Whole-namespace flushes because events were lost from the log."),
+		superseded: counter("cachebus_memo_loads_superseded_total",
+			"Values fn returned but not kept, because a flush of the key came while fn ran."),
+		seedsSent:  counter("cachebus_memo_seeds_sent_total", "Seeds sent to the peers."),
+		gapFlushes: counter("cachebus_memo_gap_flushes_total", "Whole-namespace flushes because events were lost from the log."),
 		flushesSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_memo_flushes_sent_total",
 			Help: "Flushes sent to the peers, by kind.", ConstLabels: labels}, []string{"kind"}),
 		flushesApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_memo_flushes_applied_total",
@@ -45,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, ns string, store *cachenode.Store) (*
 		bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cachebus_memo_bytes",
 			Help: "Bytes of memory held by the namespace's cache.", ConstLabels: labels},
 			func() float64 { return float64(store.Stats(ns).Bytes) })
-		for _, c := range []prometheus.Collector{m.hits, m.misses, m.stale, m.staleOnError, m.fnErrors,
+		for _, c := range []prometheus.Collector{m.hits, m.misses, m.stale, m.staleOnError, m.fnErrors, m.superseded,
 			m.seedsSent, m.gapFlushes, m.flushesSent, m.flushesApplied, m.seedsApplied, entries, bytes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("memo: metrics of namespace %s: %w", ns, err)
