@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"net"
-	neturl "net/url"
 	"slices"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -487,7 +484,7 @@ func TestSlowStartHearsPeersFirst(t *testing.T) {
 func TestBothOwnersCutOffAtOnce(t *testing.T) {
 	cl := newClusterWith(t, nil)
 	base := []string{"n1", "n2", "n3"}
-	proxy := newCutProxy(t, cl.url)
+	proxy := bustest.NewProxy(t, strings.TrimPrefix(cl.url, "nats://"))
 	cl.start("n1", base)
 	cl.startAt("n2", base, proxy.URL())
 	cl.startAt("n3", base, proxy.URL())
@@ -507,11 +504,11 @@ func TestBothOwnersCutOffAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	proxy.cut()
+	proxy.Cut()
 	bustest.WaitFor(t, 5*time.Second, "n2 and n3 cut off", func() bool {
 		return !cl.conns["n2"].NC.IsConnected() && !cl.conns["n3"].NC.IsConnected()
 	})
-	proxy.restore()
+	proxy.Restore()
 	cl.waitSettled()
 	for _, k := range keys {
 		p := partition.PartitionOf(k)
@@ -529,86 +526,4 @@ func TestBothOwnersCutOffAtOnce(t *testing.T) {
 			}
 		}
 	}
-}
-
-// cutProxy is a TCP proxy to a NATS server that can cut every connection
-// through it and refuse new ones until restored: the NATS server its
-// clients use died, for them alone.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]struct{}
-}
-
-func newCutProxy(t *testing.T, natsURL string) *cutProxy {
-	t.Helper()
-	u, err := neturl.Parse(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: u.Host, conns: map[net.Conn]struct{}{}}
-	t.Cleanup(func() { _ = ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			if !p.track(c, up) {
-				continue
-			}
-			go p.pipe(c, up)
-			go p.pipe(up, c)
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) URL() string { return "nats://" + p.ln.Addr().String() }
-
-// track keeps c and up to be cut, or closes them while the proxy is down.
-func (p *cutProxy) track(c, up net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.down {
-		_ = c.Close()
-		_ = up.Close()
-		return false
-	}
-	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-	return true
-}
-
-// cut closes every connection and refuses new ones.
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		_ = c.Close()
-	}
-	clear(p.conns)
-}
-
-// restore accepts connections again.
-func (p *cutProxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) pipe(dst, src net.Conn) {
-	defer func() { _ = dst.Close(); _ = src.Close() }()
-	_, _ = io.Copy(dst, src)
 }
