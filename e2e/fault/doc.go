@@ -3,7 +3,29 @@
 // with figures that nothing is lost, nothing stale is served and nothing
 // malformed gets through or stops a receiver.
 //
-// What it proves so far, item 2 of the issue, "records under faults":
+// What it proves so far, item 1 of the issue, "invalidation under faults":
+//
+//   - TestInvalidationUnderFaults runs a three-server NATS cluster (the
+//     cachebus binary, see records below) and 5 memo clients, each a
+//     process of the test binary itself (memoclient_test.go: TestMain runs
+//     it as a client when FAULT_MEMO_ADDR is set) memoizing, through
+//     memo.Do, the values of a source of truth the test serves over HTTP,
+//     and reading them all along. A writer updates each of 10,000 keys in
+//     the source and publishes an expire for it, waiting for the event
+//     log's acknowledgement and trying again until it comes. Meanwhile it
+//     SIGKILLs a NATS server and starts it again, SIGSTOPs a client for
+//     6s (past the bus's 5s failure timeout) and continues it, and cuts
+//     the connection of another client (which reaches NATS only through a
+//     proxy of the test's) for 3s, each fault lasting while at least 500
+//     expires are acknowledged. Afterwards every client must answer, for
+//     every key, the source's value, within 10s of the last expire: zero
+//     stale reads. Its figures: expires sent and tried again, the longest
+//     wait for an acknowledgement, per client the expires applied, gap
+//     flushes, reads and values read but not kept because their key was
+//     flushed meanwhile (the race memo.Do closes), the worst time from an
+//     update to its expire applied, and the time to consistency.
+//
+// item 2, "records under faults":
 //
 //   - TestRecordsUnderFaults runs, as real processes from the cachebus
 //     binary TestMain builds (with the race detector when the tests have

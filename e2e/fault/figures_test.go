@@ -201,7 +201,17 @@ func buildMode() string {
 // what removes them after.
 var buildBinaries func() (cleanup func(), err error)
 
+// child, when set (memoclient_test.go sets it on Unix systems), runs the
+// test binary as one of the processes a test starts from it, and reports
+// whether the environment asked for one.
+var child func() (code int, ok bool)
+
 func TestMain(m *testing.M) {
+	if child != nil {
+		if code, ok := child(); ok {
+			os.Exit(code)
+		}
+	}
 	flag.Parse()
 	code := run(m)
 	writeFigures(os.Stdout)
