@@ -249,7 +249,7 @@ func composeDrain(t *testing.T, s *composeStack, alice *composeUser, home string
 	drain := harn.Start(t, "cachebus drain app "+home, map[string]string{"CACHEBUS_NATS_URL": s.natsURL()},
 		"drain", "app", home, "--deadline", "10s", "--wait", "--timeout", "90s")
 	s.waitGateways(15*time.Second, home+" draining", func(st lbgateway.Status) bool {
-		state := stateOf(st, home)
+		state := harness.BackendState(st, home)
 		return state == "draining" || state == "drained"
 	})
 	n := alice.count

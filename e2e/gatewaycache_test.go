@@ -209,7 +209,7 @@ func waitGateways(t *testing.T, what string, since time.Time, gws []*cacheGW, co
 			if seen[i] != 0 {
 				continue
 			}
-			if cond(gatewayStatus(t, g.url)) {
+			if cond(harness.GatewayStatus(t, g.url)) {
 				seen[i] = time.Since(since)
 			} else {
 				done = false
@@ -269,16 +269,16 @@ func ms(ds []time.Duration) string {
 // the gateways fall back by themselves.
 func TestGatewayCacheCLI(t *testing.T) {
 	n := harn.StartNATS(t)
-	apps := startApps(t, n.URL, "c1")
+	apps := harn.StartApps(t, n.URL, "c1")
 	app := apps[0]
 	env := map[string]string{"CACHEBUS_GATEWAY_CACHE": "/static/"}
 	var gws []*cacheGW
 	for _, id := range []string{"gwc1", "gwc2"} {
-		_, url := startGatewayProc(t, n.URL, id, env)
+		_, url := harn.StartGateway(t, n.URL, id, env)
 		gws = append(gws, &cacheGW{name: id, url: url, fresh: map[string]string{}})
 	}
 	waitGateways(t, "c1 up in both gateways", time.Now(), gws, func(st lbgateway.Status) bool {
-		s := stateOf(st, "c1")
+		s := harness.BackendState(st, "c1")
 		return s == "up" || s == "slow-start"
 	})
 	cli := func(args ...string) *harness.Proc {
@@ -309,7 +309,7 @@ func TestGatewayCacheCLI(t *testing.T) {
 	// 5. By the app's answer through one gateway: that gateway has purged
 	// before the client has the answer, the other follows; the header is
 	// for the gateway alone.
-	before := appServed(t, app.addr)
+	before := appServed(t, app.Addr)
 	start = time.Now()
 	post := fetch(t, http.MethodPost, gws[0].url+"/publish/a", nil)
 	answered := time.Since(start)
@@ -319,7 +319,7 @@ func TestGatewayCacheCLI(t *testing.T) {
 	if ex := post.h.Values("Cachebus-Expire"); len(ex) > 0 {
 		t.Errorf("POST /publish/a: the client got Cachebus-Expire %q", ex)
 	}
-	if got := appServed(t, app.addr); got != before+1 {
+	if got := appServed(t, app.Addr); got != before+1 {
 		t.Errorf("the app served %d requests for one POST", got-before)
 	}
 	gws[0].want(t, "/static/a", "MISS")
@@ -341,7 +341,7 @@ func TestGatewayCacheCLI(t *testing.T) {
 		t.Fatalf("cachebus fallback on exited %d:\n%s", code, on.Output())
 	}
 	t.Logf("fallback on: seen by the gateways %s after cachebus fallback started", ms(seen))
-	before = appServed(t, app.addr)
+	before = appServed(t, app.Addr)
 	for _, g := range gws {
 		for _, p := range []string{"/static/a", "/static/b"} {
 			if a := g.get(t, p, nil); a.cache != "HIT" && a.cache != "STALE" {
@@ -355,7 +355,7 @@ func TestGatewayCacheCLI(t *testing.T) {
 		t.Logf("%s in fallback: GET /app/x answered 503 (Retry-After %s) in %s", g.name, a.h.Get("Retry-After"), a.took.Round(time.Microsecond))
 		unavailable(t, g, "/static/never-fetched")
 	}
-	if got := appServed(t, app.addr); got != before {
+	if got := appServed(t, app.Addr); got != before {
 		t.Errorf("the app served %d requests while the gateways were in fallback, want 0", got-before)
 	}
 	start = time.Now()
@@ -374,15 +374,15 @@ func TestGatewayCacheCLI(t *testing.T) {
 	}
 
 	// 7. The app dies: the gateways fall back by themselves.
-	app.app.Signal(syscall.SIGKILL)
+	app.App.Signal(syscall.SIGKILL)
 	killed := time.Now()
 	seen = waitGateways(t, "c1 out of both gateways' pools", killed, gws, func(st lbgateway.Status) bool {
-		s := stateOf(st, "c1")
+		s := harness.BackendState(st, "c1")
 		return s == "absent" || s == "down"
 	})
 	for i, g := range gws {
-		st := gatewayStatus(t, g.url)
-		t.Logf("%s: c1 %s %s after SIGKILL; fallback %+v", g.name, stateOf(st, "c1"), seen[i].Round(time.Millisecond), st.Fallback)
+		st := harness.GatewayStatus(t, g.url)
+		t.Logf("%s: c1 %s %s after SIGKILL; fallback %+v", g.name, harness.BackendState(st, "c1"), seen[i].Round(time.Millisecond), st.Fallback)
 		if !st.Fallback.On || !st.Fallback.Auto {
 			t.Errorf("%s: fallback %+v with no app up, want on, automatic", g.name, st.Fallback)
 		}

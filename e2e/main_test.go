@@ -18,8 +18,8 @@ var harn *harness.Harness
 func TestMain(m *testing.M) {
 	// The test binary doubles as the app servers behind the gateway, so
 	// that a test can SIGKILL one (groupcache's peer processes do so).
-	if os.Getenv(appServerEnv) != "" {
-		os.Exit(runAppServer())
+	if os.Getenv(harness.AppServerEnv) != "" {
+		os.Exit(harness.RunAppServer())
 	}
 	flag.Parse()
 	if testing.Short() {

@@ -49,8 +49,8 @@ func startPubDev(t *testing.T) *pubDev {
 		// A dev killed at the end of a failed test leaves its store here,
 		// removed with the test's directories.
 		"TMPDIR":                      t.TempDir(),
-		"CACHEBUS_HEARTBEAT_INTERVAL": gwHeartbeat.String(),
-		"CACHEBUS_FAILURE_TIMEOUT":    gwFailureTimeout.String(),
+		"CACHEBUS_HEARTBEAT_INTERVAL": harness.GatewayHeartbeat.String(),
+		"CACHEBUS_FAILURE_TIMEOUT":    harness.GatewayFailureTimeout.String(),
 	}
 	d := &pubDev{p: harn.Start(t, "dev", env, "dev", "--nats-port", "-1", "--http", "127.0.0.1:0",
 		"--gateway", "127.0.0.1:0", "--apps", "0")}

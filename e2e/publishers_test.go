@@ -39,7 +39,7 @@ func TestPublisherPython(t *testing.T) {
 
 	// The app: the gateway learns of it from its heartbeats alone.
 	appAddr := harness.FreeAddr(t)
-	app := py("app.py", "--id", "py-app", "--listen", appAddr, "--interval", fmt.Sprint(gwHeartbeat.Seconds()))
+	app := py("app.py", "--id", "py-app", "--listen", appAddr, "--interval", fmt.Sprint(harness.GatewayHeartbeat.Seconds()))
 	app.WaitLine(10*time.Second, regexp.MustCompile(`^app py-app serving`))
 	bustest.WaitFor(t, 10*time.Second, "the gateway to route to the Python app", func() bool {
 		if app.Exited() {
@@ -113,8 +113,8 @@ func TestPublisherC(t *testing.T) {
 		t.Fatalf("gcc %s: %v\n%s", src, err, out)
 	}
 	dev := startPubDev(t)
-	app := startApps(t, dev.natsURL, "c-app")[0]
-	waitApp(t, dev, app.id)
+	app := harn.StartApps(t, dev.natsURL, "c-app")[0]
+	waitApp(t, dev, app.ID)
 	checkPublisher(t, "expire.c", "c", newMemoProbe(t, dev.natsURL, "users"), dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
 		return harness.StartBinary(t, bin, "expire.c", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)
 	})
@@ -127,8 +127,8 @@ func TestPublisherShell(t *testing.T) {
 	sh := needTool(t, "sh", "a POSIX shell")
 	dir := filepath.Join(examplesDir(t), "shell")
 	dev := startPubDev(t)
-	app := startApps(t, dev.natsURL, "sh-app")[0]
-	waitApp(t, dev, app.id)
+	app := harn.StartApps(t, dev.natsURL, "sh-app")[0]
+	waitApp(t, dev, app.ID)
 	memoc := newMemoProbe(t, dev.natsURL, "users")
 	binDir := filepath.Dir(harn.Binaries().Cachebus)
 
@@ -200,8 +200,8 @@ func TestPublisherGo(t *testing.T) {
 	}
 
 	dev := startPubDev(t)
-	app := startApps(t, dev.natsURL, "go-app")[0]
-	waitApp(t, dev, app.id)
+	app := harn.StartApps(t, dev.natsURL, "go-app")[0]
+	waitApp(t, dev, app.ID)
 	memoc := newMemoProbe(t, dev.natsURL, "users")
 	checkPublisher(t, "go-expire", "go", memoc, dev.gateway(), func(t *testing.T, ns string, keys ...string) *harness.Proc {
 		return harness.StartBinary(t, bin, "go-expire", map[string]string{"CACHEBUS_NATS_URL": dev.natsURL}, append([]string{ns}, keys...)...)

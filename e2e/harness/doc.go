@@ -5,7 +5,10 @@
 // Proc), runs a NATS server or a three-node NATS cluster of `cachebus nats`
 // processes (Harness.StartNATS, Harness.StartCluster), runs `cachebus node`
 // processes (Harness.StartCacheNodes) and talks to them over NATS and HTTP
-// (Connect, NodeClient, HTTPGet).
+// (Connect, NodeClient, HTTPGet), and runs app servers announced by
+// sidecars (Harness.StartApps, RunAppServer) behind `cachebus gateway`
+// processes (Harness.StartGateway) under a load of sticky sessions
+// (StartGatewayLoad).
 //
 // Go test files cannot be imported across packages, so the helpers the
 // suites share live here, in ordinary files. A suite builds the binaries

@@ -1,6 +1,6 @@
 //go:build unix
 
-package e2e
+package harness
 
 import (
 	"fmt"
@@ -14,9 +14,10 @@ import (
 	"syscall"
 )
 
-// appServerEnv, when set in the environment of the test binary, makes it
-// an app server instead of running tests: E2E_APP_ID names it,
-// E2E_APP_ADDR is where it listens, E2E_APP_LOG is the file each POST's
+// AppServerEnv, when set in the environment of a test binary whose
+// TestMain calls RunAppServer for it, makes the binary an app server
+// instead of running tests (StartApps starts such servers): E2E_APP_ID
+// names it, E2E_APP_ADDR is where it listens, E2E_APP_LOG is the file each POST's
 // X-Req header is appended to, so that a test can count how many times
 // a request was served across processes, killed ones included.
 //
@@ -27,11 +28,12 @@ import (
 // /publish/<name> answers with a Cachebus-Expire of /static/<name> in the
 // namespace http. GET /_e2e/served, asked of the app directly, is that
 // number of requests served, health checks and itself left out.
-const appServerEnv = "E2E_APP_ADDR"
+const AppServerEnv = "E2E_APP_ADDR"
 
-// runAppServer serves until SIGTERM.
-func runAppServer() int {
-	id, addr, logPath := os.Getenv("E2E_APP_ID"), os.Getenv(appServerEnv), os.Getenv("E2E_APP_LOG")
+// RunAppServer serves as the app server AppServerEnv describes until
+// SIGTERM, and returns the exit code.
+func RunAppServer() int {
+	id, addr, logPath := os.Getenv("E2E_APP_ID"), os.Getenv(AppServerEnv), os.Getenv("E2E_APP_LOG")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "app server:", err)
