@@ -54,6 +54,23 @@
 //     duration, held to 90s. Under the race detector it writes slower and
 //     waits for fewer writes between faults.
 //
+// item 3, "gateway under faults":
+//
+//   - TestGatewayUnderFaults runs NATS, four app servers (the test binary
+//     again, see harness.RunAppServer) each announced by a `cachebus
+//     announce` sidecar, and a `cachebus gateway`, under a load of 15
+//     sticky sessions of GETs with a POST every fifth request (each POST
+//     carries an id the app servers log) and a stream of new sessions.
+//     It drains b2 with `cachebus drain app b2 --wait` while its sessions
+//     go on, then ends them; SIGKILLs b3; and restarts b1 then b4 as a
+//     rolling deploy does: SIGTERM to the sidecar, which drains the app for
+//     2s and withdraws it, then SIGTERM to the app, then both started
+//     again and back in the pool. Per fault it prints the requests sent,
+//     failed and sessions moved: zero failed and zero moved for the drain
+//     (and no new session on b2), zero failed for each rolling restart,
+//     no GET failed at the kill (a POST that may have reached b3 may fail,
+//     never retried), and no POST served twice in the whole run.
+//
 // and item 5, "bad input":
 //
 //   - TestFuzzTargets runs every fuzz target of the repository (every

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/cachenode/memo"
+	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -60,12 +61,18 @@ type memoClientStats struct {
 	Superseded float64 // values read while their key was flushed, not kept
 }
 
+// The test binary doubles as the processes the tests start from it: the
+// memo clients here, the app servers behind the gateway of
+// TestGatewayUnderFaults.
 func init() {
 	child = func() (int, bool) {
-		if os.Getenv(memoClientEnv) == "" {
-			return 0, false
+		switch {
+		case os.Getenv(memoClientEnv) != "":
+			return runMemoClient(), true
+		case os.Getenv(harness.AppServerEnv) != "":
+			return harness.RunAppServer(), true
 		}
-		return runMemoClient(), true
+		return 0, false
 	}
 }
 

@@ -36,31 +36,49 @@ type App struct {
 	Log      string // where it appends the X-Req of each POST it serves
 	App      *Proc
 	Sidecar  *Proc
+
+	// DrainTimeout is the sidecar's CACHEBUS_ANNOUNCE_DRAIN_TIMEOUT: how
+	// long it waits, on SIGTERM, for the gateways to drain the app.
+	DrainTimeout time.Duration
+	natsURL      string
 }
 
 // StartApps starts one app server per id, each announced by a
-// `cachebus announce` sidecar with a health check. The app servers are
-// the running test binary itself, whose TestMain must run RunAppServer
-// when AppServerEnv is set.
+// `cachebus announce` sidecar with a health check and a drain timeout
+// of 30s. The app servers are the running test binary itself, whose
+// TestMain must run RunAppServer when AppServerEnv is set.
 func (h *Harness) StartApps(t testing.TB, natsURL string, ids ...string) []*App {
 	t.Helper()
-	dir := t.TempDir()
 	var apps []*App
 	for _, id := range ids {
-		a := &App{ID: id, Addr: FreeAddr(t), Log: filepath.Join(dir, id+".log")}
-		a.App = StartBinary(t, os.Args[0], id, map[string]string{AppServerEnv: a.Addr, "E2E_APP_ID": id, "E2E_APP_LOG": a.Log})
-		WaitListening(t, 10*time.Second, id, a.Addr, a.App)
-		a.Sidecar = h.Start(t, id+"-announce", map[string]string{
-			"CACHEBUS_NATS_URL":               natsURL,
-			"CACHEBUS_HEARTBEAT_INTERVAL":     GatewayHeartbeat.String(),
-			"CACHEBUS_FAILURE_TIMEOUT":        GatewayFailureTimeout.String(),
-			"CACHEBUS_HEALTH_INTERVAL":        "100ms",
-			"CACHEBUS_HEALTH_FALL":            "2",
-			"CACHEBUS_ANNOUNCE_DRAIN_TIMEOUT": "30s",
-		}, "announce", "--id", id, "--addr", "http://"+a.Addr, "--health", "/healthz")
+		a := NewApp(t, natsURL, id)
+		h.StartApp(t, a)
 		apps = append(apps, a)
 	}
 	return apps
+}
+
+// NewApp returns app id, not started, announced on natsURL with the
+// settings StartApps gives, on a free address.
+func NewApp(t testing.TB, natsURL, id string) *App {
+	t.Helper()
+	return &App{ID: id, Addr: FreeAddr(t), Log: filepath.Join(t.TempDir(), id+".log"), DrainTimeout: 30 * time.Second, natsURL: natsURL}
+}
+
+// StartApp starts (or starts again, on the same address and log, once
+// both have exited) app a and its sidecar.
+func (h *Harness) StartApp(t testing.TB, a *App) {
+	t.Helper()
+	a.App = StartBinary(t, os.Args[0], a.ID, map[string]string{AppServerEnv: a.Addr, "E2E_APP_ID": a.ID, "E2E_APP_LOG": a.Log})
+	WaitListening(t, 10*time.Second, a.ID, a.Addr, a.App)
+	a.Sidecar = h.Start(t, a.ID+"-announce", map[string]string{
+		"CACHEBUS_NATS_URL":               a.natsURL,
+		"CACHEBUS_HEARTBEAT_INTERVAL":     GatewayHeartbeat.String(),
+		"CACHEBUS_FAILURE_TIMEOUT":        GatewayFailureTimeout.String(),
+		"CACHEBUS_HEALTH_INTERVAL":        "100ms",
+		"CACHEBUS_HEALTH_FALL":            "2",
+		"CACHEBUS_ANNOUNCE_DRAIN_TIMEOUT": a.DrainTimeout.String(),
+	}, "announce", "--id", a.ID, "--addr", "http://"+a.Addr, "--health", "/healthz")
 }
 
 var gatewayURLRe = regexp.MustCompile(`gateway \S+: (http://\S+)`)
@@ -124,6 +142,7 @@ type GatewayLoad struct {
 	FirstOf                sync.Map    // client → backend
 	quit                   sync.Map    // backend id → chan struct{}: its sessions end
 	Failures               chan string // the first 100 failures
+	finish                 sync.Once
 }
 
 // watched is a backend whose new sessions are counted: those of requests
@@ -273,9 +292,10 @@ func (l *GatewayLoad) NewCount(id string) int64 {
 	return v.(*atomic.Int64).Load()
 }
 
-// Finish stops the load and waits for its requests to end.
+// Finish stops the load and waits for its requests to end; it may be
+// called again.
 func (l *GatewayLoad) Finish() {
-	close(l.stop)
+	l.finish.Do(func() { close(l.stop) })
 	l.wg.Wait()
 }
 
