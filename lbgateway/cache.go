@@ -135,6 +135,8 @@ type kv interface {
 	Get(ns, key string) ([]byte, cachenode.Lookup)
 	GetUntil(ns, key string) ([]byte, int64, cachenode.Lookup)
 	Set(ns, key string, value []byte, ttl time.Duration, tags ...string) error
+	Mark(ns string) (uint64, error)
+	SetIfUnexpired(ns, key string, value []byte, ttl time.Duration, mark uint64, tags ...string) (bool, error)
 	Delete(ns, key string)
 	ExpirePrefix(ns, prefix string)
 	ExpireTag(ns, tag string)
@@ -322,10 +324,28 @@ func (c *Cache) corruptAt(key string, err error) {
 // minus Date). body is the complete body. It says whether it stored the
 // response; h is not modified.
 func (c *Cache) Store(r *http.Request, status int, h http.Header, body []byte, now time.Time) bool {
+	return c.StoreSince(r, c.Mark(), status, h, body, now)
+}
+
+// Mark returns the point reached in the cache's purges, for StoreSince:
+// take it before asking the origin.
+func (c *Cache) Mark() uint64 {
+	if c.store == nil {
+		return 0
+	}
+	mark, _ := c.store.Mark(cacheNS) // cacheNS is a valid namespace
+	return mark
+}
+
+// StoreSince is Store for a response the origin was asked for after mark
+// was taken: it stores nothing when a purge that may cover the URI came
+// after mark, since the response may predate the change the purge was
+// for, and would then be served stale until it expires.
+func (c *Cache) StoreSince(r *http.Request, mark uint64, status int, h http.Header, body []byte, now time.Time) bool {
 	if c.store == nil {
 		return false
 	}
-	ok, why := c.store1(r, status, h, body, now)
+	ok, why := c.store1(r, mark, status, h, body, now)
 	if !ok {
 		c.notStored.Add(1)
 		c.log.Debug("response not cached", "uri", r.URL.RequestURI(), "status", status, "reason", why)
@@ -336,7 +356,7 @@ func (c *Cache) Store(r *http.Request, status int, h http.Header, body []byte, n
 }
 
 // store1 is Store; when it stores nothing, why says the reason.
-func (c *Cache) store1(r *http.Request, status int, h http.Header, body []byte, now time.Time) (bool, string) {
+func (c *Cache) store1(r *http.Request, mark uint64, status int, h http.Header, body []byte, now time.Time) (bool, string) {
 	switch {
 	case r.Method == http.MethodHead:
 		return false, "response to HEAD"
@@ -416,17 +436,21 @@ func (c *Cache) store1(r *http.Request, status int, h http.Header, body []byte, 
 	}
 	base := r.URL.RequestURI()
 	if len(vary) == 0 {
-		if err := c.store.Set(cacheNS, base, value, ttl, tags...); err != nil {
+		kept, err := c.store.SetIfUnexpired(cacheNS, base, value, ttl, mark, tags...)
+		switch {
+		case err != nil:
 			return false, err.Error()
+		case !kept:
+			return false, "purged while the origin answered"
 		}
 		return true, ""
 	}
-	return c.storeVariant(r, base, vary, value, ttl, tags)
+	return c.storeVariant(r, mark, base, vary, value, ttl, tags)
 }
 
 // storeVariant stores a response with Vary: the variant, then the marker
 // that leads to it.
-func (c *Cache) storeVariant(r *http.Request, base string, vary []string, value []byte, ttl time.Duration, tags []string) (bool, string) {
+func (c *Cache) storeVariant(r *http.Request, mark uint64, base string, vary []string, value []byte, ttl time.Duration, tags []string) (bool, string) {
 	seq := c.keyPurges.Load()
 	markerTTL := ttl
 	var gen uint64
@@ -447,8 +471,13 @@ func (c *Cache) storeVariant(r *http.Request, base string, vary []string, value 
 	if err := c.store.Set(cacheNS, vkey, value, ttl, tags...); err != nil {
 		return false, err.Error()
 	}
-	if err := c.store.Set(cacheNS, base, marker, markerTTL); err != nil {
+	// The marker leads to the variant: written only if no purge of the
+	// URI came since mark, it leaves a variant the origin sent before a
+	// purge unreachable.
+	if kept, err := c.store.SetIfUnexpired(cacheNS, base, marker, markerTTL, mark); err != nil {
 		return false, err.Error()
+	} else if !kept {
+		return false, "purged while the origin answered"
 	}
 	if c.keyPurges.Load() != seq {
 		// A purge by key ran meanwhile and may have deleted the marker

@@ -43,6 +43,17 @@ func (s *spyKV) Set(ns, key string, v []byte, ttl time.Duration, tags ...string)
 	return s.kv.Set(ns, key, v, ttl, tags...)
 }
 
+func (s *spyKV) SetIfUnexpired(ns, key string, v []byte, ttl time.Duration, mark uint64, tags ...string) (bool, error) {
+	s.mu.Lock()
+	s.ttls[key] = ttl
+	on := s.onSet
+	s.mu.Unlock()
+	if on != nil {
+		on(key)
+	}
+	return s.kv.SetIfUnexpired(ns, key, v, ttl, mark, tags...)
+}
+
 func (s *spyKV) ttl(key string) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -702,6 +713,54 @@ func TestCachePurge(t *testing.T) {
 			}
 			if st := c.Stats(); st.Purges != 1 {
 				t.Fatalf("purges %d", st.Purges)
+			}
+		})
+	}
+}
+
+// TestPurgeWhileOriginAnswers: a purge that comes after the mark taken
+// before the origin was asked keeps the origin's answer out of the cache
+// (it may predate the change the purge was for); one that covers another
+// URI does not.
+func TestPurgeWhileOriginAnswers(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name   string
+		vary   bool
+		e      bus.Expire
+		stored bool
+	}{
+		{"key", false, bus.Expire{Keys: []string{"/p/a"}}, false},
+		{"prefix", false, bus.Expire{Prefixes: []string{"/p/"}}, false},
+		{"tag", false, bus.Expire{Tags: []string{"cat"}}, false},
+		{"all", false, bus.Expire{All: true}, false},
+		{"other key", false, bus.Expire{Keys: []string{"/q/b"}}, true},
+		{"key, Vary", true, bus.Expire{Keys: []string{"/p/a"}}, false},
+		{"tag, Vary", true, bus.Expire{Tags: []string{"cat"}}, false},
+		{"other key, Vary", true, bus.Expire{Keys: []string{"/q/b"}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newTestCache(t, CacheConfig{})
+			h := hdrs("Cache-Control", "max-age=60", "Surrogate-Key", "cat")
+			if tt.vary {
+				h.Set("Vary", "Accept")
+			}
+			r := creq("GET", "/p/a", "Accept", "text/plain")
+			mark := c.Mark()
+			c.Purge(tt.e)
+			if got := c.StoreSince(r, mark, 200, h, []byte("from before"), now); got != tt.stored {
+				t.Fatalf("StoreSince = %v, want %v", got, tt.stored)
+			}
+			if _, f := c.Lookup(r, now); (f == Fresh) != tt.stored {
+				t.Fatalf("Lookup: %v, want stored=%v", f, tt.stored)
+			}
+			// Asked after the purge, the origin's answer is kept.
+			if !c.StoreSince(r, c.Mark(), 200, h, []byte("after"), now) {
+				t.Fatal("a response asked for after the purge was not stored")
+			}
+			if e, f := c.Lookup(r, now); f != Fresh || string(e.Body) != "after" {
+				t.Fatalf("Lookup after the purge: %v", f)
 			}
 		})
 	}

@@ -36,7 +36,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	why := g.inFallback(start)
 	fallback := why != ""
 	var stale *Entry
+	var mark uint64
 	if cacheable {
+		// Before the lookup: a purge from now on may be for a change the
+		// origin's answer does not show (see Cache.StoreSince).
+		mark = g.cache.Mark()
 		e, fr := g.cache.Lookup(r, start)
 		switch {
 		case fr == Fresh:
@@ -64,7 +68,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.unavailable(w, why)
 		return
 	}
-	g.forward(w, r, cacheable, stale, start)
+	g.forward(w, r, cacheable, mark, stale, start)
 }
 
 // request is one request on its way to a backend.
@@ -77,14 +81,15 @@ type request struct {
 	route   Route
 	routed  bool // the request came with a valid cookie
 	backend *Backend
+	mark    uint64 // the cache's mark taken before the origin was asked
 }
 
 // forward sends the request to a backend, retrying where that is safe,
 // and relays the answer.
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool, stale *Entry, now time.Time) {
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool, mark uint64, stale *Entry, now time.Time) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	q := &request{in: r}
+	q := &request{in: r, mark: mark}
 	var err error
 	q.route, err = g.sticky.Read(r, now)
 	switch {
@@ -346,7 +351,7 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, w http.R
 		return
 	}
 	if complete && keep != nil {
-		g.cache.Store(q.in, resp.StatusCode, resp.Header, keep.Bytes(), now)
+		g.cache.StoreSince(q.in, q.mark, resp.StatusCode, resp.Header, keep.Bytes(), now)
 	}
 }
 
@@ -511,7 +516,7 @@ func (g *Gateway) revalidate(r *http.Request) {
 		defer g.revalidating.Delete(key)
 		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ResponseTimeout+g.cfg.BodyTimeout)
 		defer cancel()
-		q := &request{in: in}
+		q := &request{in: in, mark: g.cache.Mark()}
 		if err := g.prepare(ctx, q); err != nil {
 			return
 		}
@@ -531,6 +536,6 @@ func (g *Gateway) revalidate(r *http.Request) {
 		if err != nil || len(body) > g.cfg.CacheMaxObject {
 			return
 		}
-		g.cache.Store(in, resp.StatusCode, resp.Header, body, now)
+		g.cache.StoreSince(in, q.mark, resp.StatusCode, resp.Header, body, now)
 	}()
 }
