@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -40,6 +41,7 @@ type Conn struct {
 
 	mu        sync.Mutex
 	listeners []func(ConnEvent)
+	denied    map[string]time.Time // subject → when the server last refused a publish to it
 }
 
 // ConnEvent is a change of the connection's state seen by listeners.
@@ -56,9 +58,10 @@ const (
 type Option func(*connectOptions)
 
 type connectOptions struct {
-	log     *slog.Logger
-	metrics *Metrics
-	nats    []nats.Option
+	log       *slog.Logger
+	metrics   *Metrics
+	nats      []nats.Option
+	inProcess bool
 }
 
 // WithLogger sets the logger; by default the connection logs nowhere.
@@ -69,7 +72,7 @@ func WithMetrics(m *Metrics) Option { return func(o *connectOptions) { o.metrics
 
 // WithServer connects in-process to an embedded server, without a socket.
 func WithServer(s *Server) Option {
-	return func(o *connectOptions) { o.nats = append(o.nats, s.InProcess()) }
+	return func(o *connectOptions) { o.nats, o.inProcess = append(o.nats, s.InProcess()), true }
 }
 
 // WithNATSOptions passes options through to nats.Connect.
@@ -122,6 +125,14 @@ func Connect(ctx context.Context, cfg ConnConfig, opts ...Option) (*Conn, error)
 				subj = sub.Subject
 			}
 			c.Log.Warn("nats async error", "subject", subj, "err", err)
+			if subject, ok := deniedSubject(err); ok {
+				c.mu.Lock()
+				if c.denied == nil {
+					c.denied = map[string]time.Time{}
+				}
+				c.denied[subject] = time.Now()
+				c.mu.Unlock()
+			}
 			if err == nats.ErrSlowConsumer {
 				c.notify(SlowConsumer)
 			}
@@ -134,8 +145,15 @@ func Connect(ctx context.Context, cfg ConnConfig, opts ...Option) (*Conn, error)
 	nopts = append(nopts, auth...)
 	nopts = append(nopts, o.nats...)
 
+	url := cfg.URL
+	if o.inProcess {
+		// The server's URL says tls:// when it has TLS, which would make
+		// the client start a handshake on the in-process pipe and show a
+		// certificate it has not got; the server wants no TLS there.
+		url = inProcessURL(url)
+	}
 	for attempt := 0; ; attempt++ {
-		c.NC, err = nats.Connect(cfg.URL, nopts...)
+		c.NC, err = nats.Connect(url, nopts...)
 		if err == nil {
 			break
 		}
@@ -253,4 +271,37 @@ func (c *Conn) Close(timeout time.Duration) error {
 		c.NC.Close()
 		return fmt.Errorf("bus: drain not finished after %s", timeout)
 	}
+}
+
+// inProcessURL is url with tls:// turned into nats://.
+func inProcessURL(url string) string {
+	if rest, ok := strings.CutPrefix(url, "tls://"); ok {
+		return "nats://" + rest
+	}
+	return url
+}
+
+// deniedSubject reads the subject of a publish the server refused from the
+// error it reported: nats: permissions violation: Permissions Violation
+// for Publish to "<subject>".
+func deniedSubject(err error) (string, bool) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return "", false
+	}
+	_, rest, ok := strings.Cut(err.Error(), `Publish to "`)
+	if !ok {
+		return "", false
+	}
+	subject, _, ok := strings.Cut(rest, `"`)
+	return subject, ok && subject != ""
+}
+
+// deniedSince reports whether the server refused a publish to subject, for
+// want of permission, at or after since. The refusal comes asynchronously,
+// so a publish that waits for an acknowledgement learns of it here.
+func (c *Conn) deniedSince(subject string, since time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.denied[subject]
+	return ok && !at.Before(since)
 }

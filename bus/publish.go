@@ -141,6 +141,7 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) (u
 	}
 	backoff := 20 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		start := time.Now()
 		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
 		ack, err := p.c.JS.PublishMsg(actx, msg)
 		cancel()
@@ -150,6 +151,11 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) (u
 		}
 		if isPermanent(err) {
 			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+		}
+		if p.c.deniedSince(subject, start) {
+			// The server dropped it and said so on the side: no retry
+			// will be acknowledged.
+			return 0, fmt.Errorf("bus: publish %s: %w: this connection's user may not publish to it", subject, nats.ErrPermissionViolation)
 		}
 		p.c.Metrics.PublishRetries.Inc()
 		if attempt == 1 || attempt%10 == 0 {

@@ -184,6 +184,19 @@ func TestServerTLS(t *testing.T) {
 	}
 	expireRoundTrip(t, c, c2, "over-tls")
 
+	t.Run("in process", func(t *testing.T) {
+		// A daemon's own connection to the server it embeds: no socket,
+		// so no TLS, and no certificate to show (`cachebus nats` with
+		// client verification could not get ready without it).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		own, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Prefix: bus.DefaultPrefix, Name: t.Name()}, bus.WithServer(srv))
+		if err != nil {
+			t.Fatalf("in-process connection to a TLS server: %v", err)
+		}
+		t.Cleanup(func() { own.NC.Close() })
+		expireRoundTrip(t, own, c2, "in-process")
+	})
 	t.Run("plaintext", func(t *testing.T) {
 		// Speak the plain protocol, as a client without TLS would.
 		u, err := neturl.Parse(url)
@@ -316,6 +329,23 @@ func TestServerUserPermissions(t *testing.T) {
 	bustest.WaitFor(t, 5*time.Second, "permission violation for the guaranteed publish", func() bool {
 		return violationsFor("cachebus.expire.users") >= 2
 	})
+	// Through a connection of its own, whose error handler is the bus's:
+	// the refusal, which the server reports on the side, ends the publish
+	// at its first attempt rather than at the caller's deadline.
+	plain, err := connectCfg(t, bus.ConnConfig{URL: url, User: "member", Password: "member-pw"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainPub, err := bus.NewPublisher(plain, "member")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainPub.AttemptTimeout = 300 * time.Millisecond
+	long, cancelLong := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelLong()
+	if _, err := plainPub.Expire(long, "users", bus.Expire{Keys: []string{"forged-plain"}}); !errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, bus.ErrNotAcked) {
+		t.Fatalf("publish without permission: %v, want a permissions violation, not a wait for the deadline", err)
+	}
 	// What the member may publish still goes through.
 	if err := member.NC.Publish("cachebus.hb.app.member", []byte(`{"v":1,"id":"member","role":"app","state":"up"}`)); err != nil {
 		t.Fatal(err)
