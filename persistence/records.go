@@ -1115,7 +1115,9 @@ func (rd *replayReader) show(final bool) {
 // the start.
 func (r *replay) run(ctx context.Context, filters []string) error {
 	l := r.l
-	info, err := l.stream.Info(ctx)
+	actx, acancel := context.WithTimeout(ctx, replayAPITimeout)
+	info, err := l.stream.Info(actx)
+	acancel()
 	if err != nil {
 		return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
 	}
@@ -1140,7 +1142,9 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
 		InactiveThreshold: 30 * time.Second,
 	}
-	cons, err := l.c.JS.OrderedConsumer(ctx, l.name, cfg)
+	actx, acancel = context.WithTimeout(ctx, replayAPITimeout)
+	cons, err := l.c.JS.OrderedConsumer(actx, l.name, cfg)
+	acancel()
 	if err != nil {
 		if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
 			return err
@@ -1154,7 +1158,10 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 	if ci := cons.CachedInfo(); len(filters) == 1 && filters[0] == l.codec.namespaceFilter(r.ns) &&
 		ci != nil && ci.NumPending > 0 && ci.NumPending == info.State.Msgs {
 		cfg.FilterSubjects = nil
-		if whole, err := l.c.JS.OrderedConsumer(ctx, l.name, cfg); err == nil {
+		actx, acancel := context.WithTimeout(ctx, replayAPITimeout)
+		whole, err := l.c.JS.OrderedConsumer(actx, l.name, cfg)
+		acancel()
+		if err == nil {
 			l.deleteConsumer(ci.Name)
 			cons, r.otherNS = whole, true
 			r.st.Filter = "stream"
@@ -1189,7 +1196,10 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 	cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 	for i := len(r.rds) - 1; i >= 1; i-- {
 		cfg.OptStartSeq = r.rds[i].lo
-		if r.rds[i].cons, err = l.c.JS.OrderedConsumer(ctx, l.name, cfg); err != nil {
+		actx, acancel := context.WithTimeout(ctx, replayAPITimeout)
+		r.rds[i].cons, err = l.c.JS.OrderedConsumer(actx, l.name, cfg)
+		acancel()
+		if err != nil {
 			return fmt.Errorf("persistence: replay %s: %w", r.ns, err)
 		}
 	}
@@ -1231,6 +1241,10 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 	idle := time.NewTicker(idleCheck)
 	defer idle.Stop()
 	seen := make([]int64, len(r.rds))
+	moved := make([]time.Time, len(r.rds)) // when each reader last read
+	for i := range moved {
+		moved[i] = time.Now()
+	}
 	busy := len(r.rds)
 	for err == nil && busy > 0 {
 		select {
@@ -1255,14 +1269,27 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 				msgs, handled, finished := rd.st.Messages, max(rd.lastSeq, rd.lo-1), rd.finished
 				rd.mu.Unlock()
 				if finished || msgs != seen[i] {
-					seen[i] = msgs
+					seen[i], moved[i] = msgs, time.Now()
 					continue
 				}
-				ci, ierr := rd.cons.Info(ctx)
-				if ierr == nil && ci.NumPending == 0 && ci.Delivered.Stream <= handled {
+				ictx, icancel := context.WithTimeout(ctx, replayAPITimeout)
+				ci, ierr := rd.cons.Info(ictx)
+				icancel()
+				switch {
+				case ierr == nil && ci.NumPending == 0 && ci.Delivered.Stream <= handled:
 					rd.mu.Lock()
 					rd.finish(errReplayDone)
 					rd.mu.Unlock()
+				case time.Since(moved[i]) > replayStall:
+					// A consumer the server lost, or a reply lost in a
+					// leader change: fail, and let the caller try again,
+					// rather than wait for ever.
+					pending := "unknown"
+					if ierr == nil {
+						pending = strconv.FormatUint(ci.NumPending, 10)
+					}
+					err = fmt.Errorf("persistence: replay %s: stalled: nothing read for %s with %s messages pending (last error: %v)",
+						r.ns, replayStall, pending, ierr)
 				}
 			}
 		}
@@ -1328,6 +1355,8 @@ func (r *replay) finishStats() {
 // server cannot say.
 func (l *RecordLog) namespaceBounds(ctx context.Context, ns string, first, last uint64) (uint64, uint64) {
 	filter := l.codec.namespaceFilter(ns)
+	ctx, cancel := context.WithTimeout(ctx, replayAPITimeout)
+	defer cancel()
 	lo, err := l.stream.GetMsg(ctx, first, jetstream.WithGetMsgSubject(filter))
 	if err != nil {
 		return first, last
@@ -1359,6 +1388,15 @@ const clockEvery = 128
 // idleCheck is how long a replay waits without a message before it asks
 // the server whether any is left.
 const idleCheck = 500 * time.Millisecond
+
+// replayAPITimeout bounds each JetStream API request of a replay: a reply
+// lost while the stream changes leader must not hold the replay up until
+// the caller's deadline (a node's takeover has none).
+const replayAPITimeout = 10 * time.Second
+
+// replayStall is how long a reader may read nothing with messages still
+// pending before the replay fails as stalled.
+const replayStall = 30 * time.Second
 
 // replayBatch is how many messages a consumer asks for at once.
 const replayBatch = 4096
