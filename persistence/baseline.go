@@ -91,6 +91,20 @@ func OpenOrBindNodes(ctx context.Context, c *bus.Conn) (*Nodes, error) {
 // Bucket is the name of the KV bucket.
 func (n *Nodes) Bucket() string { return n.c.Subjects.NodesBucket() }
 
+// StreamInfo asks JetStream about the bucket's stream: its leader and
+// replicas say whether this side of the NATS cluster has a quorum.
+func (n *Nodes) StreamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
+	st, err := n.kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("persistence: nodes bucket %s: %w", n.Bucket(), err)
+	}
+	kvs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return nil, fmt.Errorf("persistence: nodes bucket %s: no stream status", n.Bucket())
+	}
+	return kvs.StreamInfo(), nil
+}
+
 // get reads key into v and returns its revision; a missing key leaves v
 // alone and returns revision 0.
 func (n *Nodes) get(ctx context.Context, key string, v any) (uint64, error) {

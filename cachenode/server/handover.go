@@ -59,6 +59,9 @@ func (s *Server) reconcile() {
 	if a.Version == 0 {
 		return
 	}
+	if s.checkIsolation(tab) {
+		return // no handover from a node cut off from the majority
+	}
 	settled := time.Since(time.Unix(0, s.settleFrom.Load())) >= s.cfg.FailureTimeout
 	if settled && !tab.Live(s.cfg.ID) {
 		// Its own heartbeats have not come back for a failure timeout: the

@@ -18,6 +18,8 @@ type metrics struct {
 	handedOut   prometheus.Counter
 	partitions  *prometheus.GaugeVec // state: owned, held, syncing
 	ltRefused   prometheus.Counter
+	isoRefused  prometheus.Counter
+	isolated    prometheus.Gauge
 }
 
 // newMetrics makes the metrics and registers them with reg, when not nil,
@@ -44,12 +46,16 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 			Help: "Partitions of this node: owned by the assignment, held (data complete), syncing."}, []string{"state"}),
 		ltRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_longterm_refused_total",
 			Help: "Long-term writes refused because the record log (JetStream) was unreachable or had no quorum; none of them was stored or acknowledged."}),
+		isoRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_isolated_refused_total",
+			Help: "Writes refused while the node was cut off from the NATS majority; none of them was stored or acknowledged."}),
+		isolated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachebus_node_isolated",
+			Help: "1 while the node is cut off from the NATS majority: it announces no partition and refuses writes."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": node}, reg)
-	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.handedOut, m.partitions, m.ltRefused} {
+	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.handedOut, m.partitions, m.ltRefused, m.isoRefused, m.isolated} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}

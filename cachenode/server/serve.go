@@ -117,6 +117,9 @@ func (s *Server) local(ctx context.Context, req *wire.Request, p int) wire.Reply
 		}
 		return wire.Reply{Status: wire.StatusOK, Item: it}
 	case wire.OpPut, wire.OpDelete:
+		if s.isolated.Load() {
+			return wire.ErrorReply(s.isolatedRefusal())
+		}
 		e := wire.Entry{NS: req.NS, Key: req.Key, Writer: s.writer, Value: req.Value}
 		now := time.Now()
 		if req.Op == wire.OpDelete {

@@ -72,7 +72,12 @@ type Server struct {
 	mu      sync.Mutex
 	holds   topology.Holds // partitions whose data this node holds
 	suspect topology.Holds // held before a disconnect, not announced since
-	syncing topology.Holds // partitions being copied from a peer
+
+	// isolated is set while the node is cut off from the NATS majority
+	// (isolation.go); iso is the reconcile goroutine's record of it.
+	isolated atomic.Bool
+	iso      isolation
+	syncing  topology.Holds // partitions being copied from a peer
 	// replaying is the progress of a replay from the record log, while
 	// one runs.
 	replaying *ReplayStatus
@@ -369,7 +374,11 @@ func (s *Server) replyLimit() int { return int(s.c.NC.MaxPayload()) - 1024 }
 // status refreshes the heartbeat's fields before each beat.
 func (s *Server) status(hb *bus.Heartbeat) {
 	s.mu.Lock()
-	hb.Holds = bus.EncodeHolds(s.holds)
+	if s.isolated.Load() {
+		hb.Holds = bus.EncodeHolds(topology.Holds{})
+	} else {
+		hb.Holds = bus.EncodeHolds(s.holds)
+	}
 	hb.Replay = nil
 	if s.replaying != nil {
 		hb.Replay = s.replaying.heartbeat()

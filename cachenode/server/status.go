@@ -108,6 +108,9 @@ func (s *Server) Ready() error {
 	if a.Version == 0 {
 		return errors.New("no baseline yet: set one with `cachebus baseline set`")
 	}
+	if s.isolated.Load() {
+		return errors.New("cut off from the NATS majority: announcing no partition, refusing writes")
+	}
 	missing := 0
 	s.mu.Lock()
 	for p := range partition.Partitions {
