@@ -75,6 +75,13 @@ type NATSCluster struct {
 // ready: see NATSNode.WaitReady and EventLog).
 func (h *Harness) StartCluster(t testing.TB, size int) *NATSCluster {
 	t.Helper()
+	return h.StartClusterWith(t, size, nil)
+}
+
+// StartClusterWith is StartCluster with the variables of extra added to
+// every node's (TLS certificates, say).
+func (h *Harness) StartClusterWith(t testing.TB, size int, extra map[string]string) *NATSCluster {
+	t.Helper()
 	c := &NATSCluster{t: t, h: h}
 	routes := make([]string, size)
 	for i := range size {
@@ -102,6 +109,9 @@ func (h *Harness) StartCluster(t testing.TB, size int) *NATSCluster {
 			"CACHEBUS_STATE_REPLICAS":      "3",
 			"CACHEBUS_NODES_REPLICAS":      "3",
 			"CACHEBUS_HTTP_ADDR":           n.HTTPAddr,
+		}
+		for k, v := range extra {
+			n.Env[k] = v
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
