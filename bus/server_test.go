@@ -3,16 +3,10 @@ package bus_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	neturl "net/url"
 	"os"
@@ -65,79 +59,6 @@ func connectCfg(t *testing.T, cfg bus.ConnConfig, timeout time.Duration, opts ..
 	return c, err
 }
 
-// testPKI is a CA and the server and client certificates it signed, as
-// PEM files in a temporary directory.
-type testPKI struct {
-	ca, serverCert, serverKey, clientCert, clientKey string
-}
-
-func newTestPKI(t *testing.T) testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "cachebus test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := testPKI{ca: filepath.Join(dir, "ca.pem")}
-	writePEM(t, p.ca, "CERTIFICATE", caDER)
-
-	issue := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: name},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			DNSNames:     []string{"localhost"},
-			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-		writePEM(t, certFile, "CERTIFICATE", der)
-		writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
-		return certFile, keyFile
-	}
-	p.serverCert, p.serverKey = issue("server", 2, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = issue("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-func writePEM(t *testing.T, path, kind string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // expireRoundTrip publishes an expire through the guaranteed path on pubConn
 // and checks the subscriber on subConn applies it.
 func expireRoundTrip(t *testing.T, pubConn, subConn *bus.Conn, key string) {
@@ -165,11 +86,11 @@ func expireRoundTrip(t *testing.T, pubConn, subConn *bus.Conn, key string) {
 // end; a plaintext client, a client that does not trust the CA and a client
 // without a certificate are refused.
 func TestServerTLS(t *testing.T) {
-	pki := newTestPKI(t)
-	srv := startServer(t, bus.ServerConfig{TLSCert: pki.serverCert, TLSKey: pki.serverKey, TLSCA: pki.ca})
+	pki := bustest.NewPKI(t)
+	srv := startServer(t, bus.ServerConfig{TLSCert: pki.ServerCert, TLSKey: pki.ServerKey, TLSCA: pki.CA})
 	url := srv.ClientURL()
 
-	good := bus.ConnConfig{URL: url, TLSCA: pki.ca, TLSCert: pki.clientCert, TLSKey: pki.clientKey}
+	good := bus.ConnConfig{URL: url, TLSCA: pki.CA, TLSCert: pki.ClientCert, TLSKey: pki.ClientKey}
 	c, err := connectCfg(t, good, 10*time.Second)
 	if err != nil {
 		t.Fatalf("TLS client with a certificate refused: %v", err)
@@ -241,7 +162,7 @@ func TestServerTLS(t *testing.T) {
 		}
 	})
 	t.Run("no client certificate", func(t *testing.T) {
-		_, err := connectCfg(t, bus.ConnConfig{URL: url, TLSCA: pki.ca}, 500*time.Millisecond)
+		_, err := connectCfg(t, bus.ConnConfig{URL: url, TLSCA: pki.CA}, 500*time.Millisecond)
 		if err == nil {
 			t.Fatal("client without a certificate connected to a server that verifies clients")
 		}

@@ -4,20 +4,12 @@ package fault
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,81 +21,6 @@ import (
 	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/nats-io/nats.go"
 )
-
-// secPKI is a CA made at run time and what it signed, as PEM files: one
-// certificate for the NATS servers (127.0.0.1, for clients and for the
-// routes between servers, so good for server and client auth) and one for
-// clients.
-type secPKI struct {
-	ca, serverCert, serverKey, clientCert, clientKey string
-}
-
-// newSecPKI makes the CA and the certificates, valid for an hour, in a
-// temporary directory.
-func newSecPKI(t *testing.T) secPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "cachebus fault suite CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := secPKI{ca: filepath.Join(dir, "ca.pem")}
-	secWritePEM(t, p.ca, "CERTIFICATE", caDER)
-	issue := func(name string, serial int64, usage ...x509.ExtKeyUsage) (certFile, keyFile string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: name},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  usage,
-			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-		secWritePEM(t, certFile, "CERTIFICATE", der)
-		secWritePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
-		return certFile, keyFile
-	}
-	p.serverCert, p.serverKey = issue("server", 2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
-	p.clientCert, p.clientKey = issue("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-func secWritePEM(t *testing.T, path, kind string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // secTLSOwnConnFailure is what a `cachebus nats` process logged when its
 // own in-process connection to its embedded server tried TLS (fixed in
@@ -120,16 +37,16 @@ var secTLSOwnConnFailure = regexp.MustCompile(`pipe - cid:\d+ - TLS handshake er
 // Without verification, a server checks its peers' certificates on the
 // routes against the system's CAs: the test's CA is given to the servers
 // as such, with SSL_CERT_FILE, as an operator would install it.
-func startSecTLSCluster(t *testing.T, pki secPKI, verify bool) ([]*harness.NATSNode, []string) {
+func startSecTLSCluster(t *testing.T, pki bustest.PKI, verify bool) ([]*harness.NATSNode, []string) {
 	t.Helper()
 	extra := map[string]string{
-		"CACHEBUS_NATS_TLS_CERT": pki.serverCert,
-		"CACHEBUS_NATS_TLS_KEY":  pki.serverKey,
+		"CACHEBUS_NATS_TLS_CERT": pki.ServerCert,
+		"CACHEBUS_NATS_TLS_KEY":  pki.ServerKey,
 	}
 	if verify {
-		extra["CACHEBUS_NATS_TLS_CA"] = pki.ca
+		extra["CACHEBUS_NATS_TLS_CA"] = pki.CA
 	} else {
-		extra["SSL_CERT_FILE"] = pki.ca
+		extra["SSL_CERT_FILE"] = pki.CA
 	}
 	nodes := harn.StartClusterWith(t, 3, extra).Nodes
 	routes := make([]string, len(nodes))
@@ -156,7 +73,7 @@ func startSecTLSCluster(t *testing.T, pki secPKI, verify bool) ([]*harness.NATSN
 // certificates from the test's CA, and on one that also verifies its
 // clients' certificates.
 func testSecTLS(t *testing.T) {
-	pki := newSecPKI(t)
+	pki := bustest.NewPKI(t)
 	t.Run("server certificates", func(t *testing.T) { testSecTLSCluster(t, pki, false) })
 	t.Run("client verification", func(t *testing.T) { testSecTLSCluster(t, pki, true) })
 }
@@ -167,16 +84,16 @@ func testSecTLS(t *testing.T) {
 // it; a client without the CA, one without a certificate when they are
 // verified, the same command without TLS settings and plaintext speakers
 // on the client and route ports are refused.
-func testSecTLSCluster(t *testing.T, pki secPKI, verify bool) {
+func testSecTLSCluster(t *testing.T, pki bustest.PKI, verify bool) {
 	began := time.Now()
 	nodes, routes := startSecTLSCluster(t, pki, verify)
 	Figure(t, "TLS cluster of 3 ready (routes and R3 event log over TLS)", time.Since(began), "from start to every node ready")
 
-	good := bus.ConnConfig{URL: nodes[2].URL, TLSCA: pki.ca}
-	tlsEnv := map[string]string{"CACHEBUS_NATS_URL": nodes[0].URL, "CACHEBUS_NATS_CA": pki.ca, "CACHEBUS_TIMEOUT": "10s"}
+	good := bus.ConnConfig{URL: nodes[2].URL, TLSCA: pki.CA}
+	tlsEnv := map[string]string{"CACHEBUS_NATS_URL": nodes[0].URL, "CACHEBUS_NATS_CA": pki.CA, "CACHEBUS_TIMEOUT": "10s"}
 	if verify {
-		good.TLSCert, good.TLSKey = pki.clientCert, pki.clientKey
-		tlsEnv["CACHEBUS_NATS_CERT"], tlsEnv["CACHEBUS_NATS_KEY"] = pki.clientCert, pki.clientKey
+		good.TLSCert, good.TLSKey = pki.ClientCert, pki.ClientKey
+		tlsEnv["CACHEBUS_NATS_CERT"], tlsEnv["CACHEBUS_NATS_KEY"] = pki.ClientCert, pki.ClientKey
 	}
 	conn, err := secConnect(t, good, 10*time.Second, bus.WithNATSOptions(nats.DontRandomize()))
 	if err != nil {
@@ -213,7 +130,7 @@ func testSecTLSCluster(t *testing.T, pki secPKI, verify bool) {
 	Check(t, "client without the CA: refused", refused, "= true", refused)
 	Figure(t, "client without the CA gets", fmt.Sprint(err), "")
 	if verify {
-		_, err = secConnect(t, bus.ConnConfig{URL: nodes[0].URL, TLSCA: pki.ca}, time.Second)
+		_, err = secConnect(t, bus.ConnConfig{URL: nodes[0].URL, TLSCA: pki.CA}, time.Second)
 		// TLS 1.3 lets the server refuse the missing certificate after
 		// the client's side of the handshake: the client may only see the
 		// connection closed.
