@@ -100,19 +100,7 @@ func TestNetworkPartition(t *testing.T) {
 	majorityURLs := servers[0].URL + "," + servers[1].URL
 	admin := harness.Connect(t, majorityURLs)
 	cl := harness.NodeClient(t, majorityURLs)
-	allServed := func() bool {
-		tab := cl.Table()
-		if tab.Assignment == nil || tab.Assignment.Version == 0 {
-			return false
-		}
-		for _, n := range nodes {
-			if !tab.Live(n.ID) {
-				return false
-			}
-		}
-		un, moving := tab.Coverage()
-		return un == 0 && moving == 0
-	}
+	allServed := func() bool { return harness.ServesAll(cl, nodes) }
 	bustest.WaitFor(t, within(20*time.Second), "the client to see the three cache nodes serve every partition", allServed)
 	// The record log's leader is on the host cut off: the majority must
 	// elect another before it takes long-term writes again, and the writes

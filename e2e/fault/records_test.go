@@ -96,19 +96,7 @@ func TestRecordsUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
-	allServed := func() bool {
-		tab := cl.Table()
-		if tab.Assignment == nil || tab.Assignment.Version == 0 {
-			return false
-		}
-		for _, n := range nodes {
-			if !tab.Live(n.ID) {
-				return false
-			}
-		}
-		un, moving := tab.Coverage()
-		return un == 0 && moving == 0
-	}
+	allServed := func() bool { return harness.ServesAll(cl, nodes) }
 	bustest.WaitFor(t, within(20*time.Second), "the client to see the three cache nodes serve every partition", allServed)
 	t.Logf("NATS cluster, three cache nodes and the client ready in %s", time.Since(began).Round(time.Millisecond))
 

@@ -167,6 +167,22 @@ func NodeClient(t testing.TB, natsURL string) *cachenode.Client {
 	return cl
 }
 
+// ServesAll reports whether client cl sees every node of nodes live and
+// every partition served, with no handover under way.
+func ServesAll(cl *cachenode.Client, nodes []*CacheNode) bool {
+	tab := cl.Table()
+	if tab.Assignment == nil || tab.Assignment.Version == 0 {
+		return false
+	}
+	for _, n := range nodes {
+		if !tab.Live(n.ID) {
+			return false
+		}
+	}
+	un, moving := tab.Coverage()
+	return un == 0 && moving == 0
+}
+
 // Parallel runs op for 0..n-1 on 32 goroutines and fails the test on the
 // first error.
 func Parallel(ctx context.Context, t testing.TB, n int, op func(i int) error) {
