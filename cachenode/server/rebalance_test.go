@@ -527,3 +527,42 @@ func TestBothOwnersCutOffAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestLastNodeStandingServes: two of three nodes crash while JetStream
+// keeps its quorum. The one left sees a minority of its baseline, but it
+// is not cut off from the NATS majority: it must not isolate itself; it
+// serves every partition it owns, and takes writes to them. (Those only
+// the two dead nodes owned have no owner left until the baseline changes.)
+func TestLastNodeStandingServes(t *testing.T) {
+	cl := newCluster(t, "n1", "n2", "n3")
+	cl.waitSettled()
+	client := cl.client()
+	ctx := context.Background()
+	a := cl.assignment()
+	var keys []string // keys of partitions n1 owns
+	for i := 0; len(keys) < 50; i++ {
+		if k := fmt.Sprintf("left-%d", i); slices.Contains(a.Owners[partition.PartitionOf(k)], "n1") {
+			keys = append(keys, k)
+		}
+	}
+	preload(t, client, "plain", keys)
+	cl.crash("n2")
+	cl.crash("n3")
+	n1 := cl.nodes["n1"]
+	bustest.WaitFor(t, 10*time.Second, "n1 alone, serving every partition it owns", func() bool {
+		st := n1.Status()
+		return len(st.Nodes) == 1 && st.Primary == st.Owned && st.Held == st.Owned
+	})
+	// Writes go on being taken for three of the isolation's probe periods
+	// (500 ms): the probe that would isolate it runs meanwhile.
+	n := 0
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); n++ {
+		k := keys[n%len(keys)]
+		if _, err := client.Put(ctx, "plain", k, []byte("after"), time.Minute); err != nil {
+			t.Fatalf("put %s with n1 alone, %d writes in: %v", k, n, err)
+		}
+	}
+	if st := n1.Status(); st.Isolated {
+		t.Fatalf("n1 isolated itself with JetStream's quorum intact: %+v", st)
+	}
+}

@@ -35,6 +35,9 @@ type Status struct {
 	Uptime  string   `json:"uptime"`
 	// Replay is the read back of long-term records under way, if any.
 	Replay *ReplayStatus `json:"replay,omitempty"`
+	// Isolated is set while the node is cut off from the NATS majority: it
+	// announces no partition and refuses writes (isolation.go).
+	Isolated bool `json:"isolated,omitempty"`
 }
 
 // ReplayStatus is the progress of a node reading long-term records back
@@ -73,7 +76,7 @@ func (s *Server) Status() Status {
 	sum := tab.Summary(s.tracker.Baseline())
 	st := Status{ID: s.cfg.ID, DC: s.cfg.DC, BaselineVersion: tab.Assignment.BaselineVersion,
 		AssignmentVersion: tab.Assignment.Version, Uncovered: sum.Uncovered, Moving: sum.Moving,
-		Uptime: time.Since(s.started).Round(time.Second).String()}
+		Uptime: time.Since(s.started).Round(time.Second).String(), Isolated: s.isolated.Load()}
 	for _, n := range sum.Nodes {
 		if n.Live {
 			st.Nodes = append(st.Nodes, n.ID)
