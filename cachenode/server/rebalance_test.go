@@ -505,10 +505,27 @@ func TestBothOwnersCutOffAtOnce(t *testing.T) {
 		}
 	}
 	proxy.Cut()
-	bustest.WaitFor(t, 5*time.Second, "n2 and n3 cut off", func() bool {
-		return !cl.conns["n2"].NC.IsConnected() && !cl.conns["n3"].NC.IsConnected()
+	bustest.WaitFor(t, 5*time.Second, "n2 and n3 cut off, suspecting what they held", func() bool {
+		for _, id := range []string{"n2", "n3"} {
+			if cl.conns[id].NC.IsConnected() || cl.nodes[id].Status().Held != 0 {
+				return false
+			}
+		}
+		return true
 	})
 	proxy.Restore()
+	// Each suspects what it held once back, and holds it again (copied,
+	// or kept where no live node held it) only after that: the views of
+	// before the cut would satisfy waitSettled at once.
+	bustest.WaitFor(t, 10*time.Second, "n2 and n3 back, holding every partition they own", func() bool {
+		for _, id := range []string{"n2", "n3"} {
+			st := cl.nodes[id].Status()
+			if !cl.conns[id].NC.IsConnected() || st.Held != st.Owned || st.Syncing > 0 {
+				return false
+			}
+		}
+		return true
+	})
 	cl.waitSettled()
 	for _, k := range keys {
 		p := partition.PartitionOf(k)
