@@ -25,7 +25,9 @@ import (
 // baseline again and JetStream answers with a quorum; then it suspects all
 // it holds and copies it again from the nodes that served meanwhile, or
 // keeps it where none did (reconcile). Nodes that merely outlive their
-// peers (JetStream still has its quorum) are not isolated and serve on.
+// peers (JetStream still has its quorum) are not isolated and serve on;
+// an isolated node whose NATS side heals while most of its baseline is
+// still down stays isolated until they return or the baseline drops them.
 
 // isolationProbeEvery is how often a node that sees a minority of its
 // baseline asks JetStream whether its side has a quorum.
