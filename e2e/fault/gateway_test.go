@@ -57,8 +57,7 @@ func TestGatewayUnderFaults(t *testing.T) {
 		t.Skip("skipped under -short: runs NATS, app servers and a gateway as processes")
 	}
 	began := time.Now()
-	deadline := began.Add(gwTimeout)
-	within := func(d time.Duration) time.Duration { return max(0, min(d, time.Until(deadline))) }
+	_, within := budget(t, gwTimeout)
 
 	n := harn.StartNATS(t)
 	apps := make([]*harness.App, 4)

@@ -79,10 +79,7 @@ func TestInvalidationUnderFaults(t *testing.T) {
 		t.Skip("skipped under -short: runs a NATS cluster and memo clients as processes")
 	}
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), invTimeout)
-	defer cancel()
-	deadline, _ := ctx.Deadline()
-	within := func(d time.Duration) time.Duration { return max(0, min(d, time.Until(deadline))) }
+	ctx, within := budget(t, invTimeout)
 
 	src := &truth{version: map[string]int{}, changed: map[string]time.Time{}}
 	var sourceReads atomic.Int64

@@ -81,10 +81,7 @@ func TestNetworkPartition(t *testing.T) {
 		t.Skipf("network namespaces cannot be made here: %v", err)
 	}
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), splitTimeout)
-	defer cancel()
-	deadline, _ := ctx.Deadline()
-	within := func(d time.Duration) time.Duration { return max(0, min(d, time.Until(deadline))) }
+	ctx, within := budget(t, splitTimeout)
 
 	servers := startLabNATS(t, lab)
 	for _, n := range servers {

@@ -74,10 +74,7 @@ func TestRecordsUnderFaults(t *testing.T) {
 		t.Skip("skipped under -short: runs a NATS cluster and cache nodes as processes")
 	}
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), recordsTimeout)
-	defer cancel()
-	deadline, _ := ctx.Deadline()
-	within := func(d time.Duration) time.Duration { return max(0, min(d, time.Until(deadline))) }
+	ctx, within := budget(t, recordsTimeout)
 
 	c := harn.StartCluster(t, 3)
 	for _, n := range c.Nodes {
