@@ -27,11 +27,6 @@ import (
 const (
 	invKeys    = 10_000
 	invClients = 5
-	invTimeout = 3 * time.Minute // the whole test, from the first process started
-	// invWritePause is the writer's pause after each acknowledged expire:
-	// the 10,000 updates take some 30 s, long enough for every fault to
-	// happen while they go on.
-	invWritePause = 2 * time.Millisecond
 	// invStop is how long a memo client stays stopped: past the bus's
 	// failure timeout (5 s), after which its peers take it for dead.
 	invStop = 6 * time.Second

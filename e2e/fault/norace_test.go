@@ -27,3 +27,12 @@ const (
 	recordsPhaseWrites = 1_000
 	recordsMaxKeys     = 30_000
 )
+
+// invTimeout bounds TestInvalidationUnderFaults, from the first process
+// started; invWritePause is its writer's pause after each acknowledged
+// expire: the 10,000 updates take some 30 s, long enough for every fault
+// to happen while they go on.
+const (
+	invTimeout    = 3 * time.Minute
+	invWritePause = 2 * time.Millisecond
+)

@@ -27,3 +27,14 @@ const (
 	recordsPhaseWrites = 150
 	recordsMaxKeys     = 10_000
 )
+
+// invTimeout bounds TestInvalidationUnderFaults, from the first process
+// started; invWritePause is its writer's pause after each acknowledged
+// expire. Under the race detector the five memo clients, the NATS cluster
+// and the writer all run several times slower (CI saw 3m11s beside the
+// e2e package): more time, and no pause, the acknowledgements being slow
+// enough to spread the updates over the faults.
+const (
+	invTimeout    = 5 * time.Minute
+	invWritePause = 0
+)
