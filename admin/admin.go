@@ -456,8 +456,13 @@ func (s *Server) drain(w http.ResponseWriter, r *http.Request) {
 	c.ok(c.origin(d.Origin), seq)
 }
 
+// statusTimeout bounds what the status waits for JetStream: the status is
+// most wanted when JetStream is in trouble, and must answer then, saying
+// what it could not learn, rather than hold its caller.
+const statusTimeout = 2 * time.Second
+
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := s.timeout(r)
+	ctx, cancel := context.WithTimeout(r.Context(), min(s.opts.RequestTimeout, statusTimeout))
 	defer cancel()
 	var sf StateFunc
 	if s.opts.Follower != nil {

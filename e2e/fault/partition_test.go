@@ -488,7 +488,10 @@ func notConverged(t *testing.T, nodes []*harness.CacheNode, allServed func() boo
 		if code, body := harness.HTTPGet("http://" + n.HTTPAddr + "/readyz"); code != http.StatusOK {
 			return fmt.Sprintf("%s /readyz = %d %s", n.ID, code, strings.TrimSpace(body))
 		}
-		st := n.Status(t)
+		st, err := n.TryStatus()
+		if err != nil {
+			return err.Error()
+		}
 		if len(st.Nodes) != len(nodes) || st.Uncovered != 0 || st.Moving != 0 || st.Syncing != 0 {
 			return fmt.Sprintf("%s sees nodes %v, %d partitions uncovered, %d moving, %d syncing", n.ID, st.Nodes, st.Uncovered, st.Moving, st.Syncing)
 		}

@@ -104,29 +104,38 @@ func (n *CacheNode) WaitReady(t testing.TB, timeout time.Duration) {
 // NodeAdminToken): the section whose id is the node's.
 func (n *CacheNode) Status(t testing.TB) server.Status {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+n.HTTPAddr+"/v1/status", nil)
+	st, err := n.TryStatus()
 	if err != nil {
 		t.Fatal(err)
+	}
+	return st
+}
+
+// TryStatus is Status for a caller that polls: it returns the error
+// rather than fail the test.
+func (n *CacheNode) TryStatus() (server.Status, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+n.HTTPAddr+"/v1/status", nil)
+	if err != nil {
+		return server.Status{}, err
 	}
 	req.Header.Set("Authorization", "Bearer "+NodeAdminToken)
 	code, body := HTTPDo(req)
 	if code != http.StatusOK {
-		t.Fatalf("%s: GET /v1/status = %d %s", n.ID, code, body)
+		return server.Status{}, fmt.Errorf("%s: GET /v1/status = %d %s", n.ID, code, body)
 	}
 	var st struct {
 		Sections map[string]json.RawMessage `json:"sections"`
 	}
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
-		t.Fatalf("%s: GET /v1/status: %v\n%s", n.ID, err, body)
+		return server.Status{}, fmt.Errorf("%s: GET /v1/status: %w\n%s", n.ID, err, body)
 	}
 	for _, raw := range st.Sections {
 		var ns server.Status
 		if json.Unmarshal(raw, &ns) == nil && ns.ID == n.ID {
-			return ns
+			return ns, nil
 		}
 	}
-	t.Fatalf("%s: GET /v1/status has no section with the node's own status (id %q):\n%s", n.ID, n.ID, body)
-	return server.Status{}
+	return server.Status{}, fmt.Errorf("%s: GET /v1/status has no section with the node's own status (id %q):\n%s", n.ID, n.ID, body)
 }
 
 // Record sends a request of the records API for key of namespace RecordsNS
