@@ -82,6 +82,10 @@ func (s *Server) reconcile() {
 		prim := tab.Primary(p)
 		switch {
 		case syncing:
+		case prim == "" && tab.OwnerReturning(p):
+			// An owner back from being taken for dead may hold it: nothing
+			// is taken empty, replayed or kept until what it holds is
+			// believed again.
 		case !held && suspect && prim == "" && settled:
 			// Nobody kept it while this node was cut off: what this node
 			// has is the best there is.

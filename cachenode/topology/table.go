@@ -51,6 +51,9 @@ type Table struct {
 	Assignment *partition.Assignment
 	// Nodes are the live cache nodes by id.
 	Nodes map[string]*Node
+	// Returning are live nodes back from being declared dead as the same
+	// process, whose holdings are not believed yet (Tracker.beat).
+	Returning map[string]bool
 	// holders lists, per partition, the live nodes holding it: its owners
 	// in assignment order first, then other nodes (a previous owner still
 	// serving during a handover) by rendezvous score.
@@ -132,6 +135,17 @@ func (t *Table) Targets(p int, self string, dst []string) []string {
 		}
 	}
 	return dst
+}
+
+// OwnerReturning reports whether an owner of p is a returning node: it
+// may hold p although the table says nobody does.
+func (t *Table) OwnerReturning(p int) bool {
+	for _, id := range t.Assignment.Owners[p] {
+		if t.Returning[id] {
+			return true
+		}
+	}
+	return false
 }
 
 // Live reports whether node id is live.

@@ -25,6 +25,12 @@ type Tracker struct {
 	assign   *partition.Assignment
 	baseline partition.Baseline
 	nodes    map[string]*Node
+	// lost holds the start time of each node declared dead, and returned
+	// when a node came back as the same process (the same start time): its
+	// holdings are not believed until then (see beat).
+	lost     map[string]time.Time
+	returned map[string]time.Time
+	timeout  time.Duration
 
 	members *bus.Membership
 	watch   *persistence.Watcher
@@ -36,7 +42,8 @@ type Tracker struct {
 // is called with every new table, from one goroutine at a time; it must
 // not block for long. failureTimeout is how long a silent node stays live.
 func Track(ctx context.Context, c *bus.Conn, nodes *persistence.Nodes, failureTimeout time.Duration, onChange func(*Table)) (*Tracker, error) {
-	t := &Tracker{c: c, onChange: onChange, assign: &partition.Assignment{}, nodes: map[string]*Node{}}
+	t := &Tracker{c: c, onChange: onChange, assign: &partition.Assignment{}, nodes: map[string]*Node{},
+		lost: map[string]time.Time{}, returned: map[string]time.Time{}, timeout: failureTimeout}
 	t.table.Store(Build(t.assign, map[string]*Node{}))
 	m, err := bus.TrackMembers(c, failureTimeout, bus.MembershipEvents{
 		Beat:  t.beat,
@@ -95,8 +102,29 @@ func (t *Tracker) beat(m bus.Member) {
 		n.Holds = h
 	}
 	t.mu.Lock()
+	// A node declared dead that comes back as the same process was cut off
+	// or stalled, not restarted: the heartbeats it sent meanwhile may come
+	// late, in a burst, when a partition heals (its NATS server kept them
+	// for the route), claiming partitions the others have written to
+	// since. What it holds is not believed for a failure timeout, by which
+	// time it has announced what it holds now (it suspects what it held).
+	if started, ok := t.lost[m.ID]; ok {
+		delete(t.lost, m.ID)
+		if started.Equal(m.Started) && !started.IsZero() {
+			t.returned[m.ID] = time.Now()
+		}
+	}
+	believed := false // its holdings are believed again: the table changes
+	if at, ok := t.returned[m.ID]; ok {
+		if time.Since(at) < t.timeout {
+			n.Holds = Holds{}
+		} else {
+			delete(t.returned, m.ID)
+			believed = true
+		}
+	}
 	old := t.nodes[m.ID]
-	if old != nil && *old == *n {
+	if old != nil && *old == *n && !believed {
 		t.mu.Unlock()
 		return
 	}
@@ -105,13 +133,19 @@ func (t *Tracker) beat(m bus.Member) {
 	t.rebuild()
 }
 
-func (t *Tracker) leave(m bus.Member, _ string) {
+func (t *Tracker) leave(m bus.Member, reason string) {
 	if m.Role != "node" {
 		return
 	}
 	t.mu.Lock()
 	_, known := t.nodes[m.ID]
 	delete(t.nodes, m.ID)
+	delete(t.returned, m.ID)
+	if reason == "dead" {
+		t.lost[m.ID] = m.Started
+	} else {
+		delete(t.lost, m.ID)
+	}
 	t.mu.Unlock()
 	if known {
 		t.rebuild()
@@ -124,6 +158,14 @@ func (t *Tracker) rebuild() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	tab := Build(t.assign, maps.Clone(t.nodes))
+	for id, at := range t.returned {
+		if time.Since(at) < t.timeout && tab.Nodes[id] != nil {
+			if tab.Returning == nil {
+				tab.Returning = map[string]bool{}
+			}
+			tab.Returning[id] = true
+		}
+	}
 	t.table.Store(tab)
 	if t.onChange != nil {
 		t.onChange(tab)
