@@ -323,8 +323,12 @@ var beforeUnexpiredSet func()
 // expiredSince reports whether an expire that may cover key came after
 // sequence mark.
 func (sp *space) expiredSince(key string, mark uint64) bool {
-	return sp.flushedAt.Load() > mark || sp.rulesAt.Load() > mark ||
-		sp.deletedAt[fnv64{}.Sum64(key)%deleteStripes].Load() > mark
+	return sp.flushedAt.Load() > mark || sp.rulesAt.Load() > mark || sp.deletedOf(key).Load() > mark
+}
+
+// deletedOf is the record of the last Delete of key's stripe.
+func (sp *space) deletedOf(key string) *atomic.Uint64 {
+	return &sp.deletedAt[fnv64{}.Sum64(key)%deleteStripes]
 }
 
 // raise sets v to seq unless it holds a later one already: two Deletes of
@@ -476,7 +480,7 @@ func (r *flushRules) covers(key string, h entryHeader) bool {
 func (s *Store) Delete(ns, key string) {
 	if sp := s.lookup(ns); sp != nil {
 		// Recorded first: see SetIfUnexpired.
-		raise(&sp.deletedAt[fnv64{}.Sum64(key)%deleteStripes], s.seq.Add(1))
+		raise(sp.deletedOf(key), s.seq.Add(1))
 		sp.swapMu.RLock()
 		_ = sp.cache.Load().Delete(key)
 		sp.swapMu.RUnlock()

@@ -45,7 +45,7 @@ type isolation struct {
 // sees a minority of its baseline, from a JetStream probe; it reports
 // whether the node is isolated.
 func (s *Server) checkIsolation(tab *topology.Table) bool {
-	live, members := liveMembers(tab)
+	live, members := s.liveMembers(tab)
 	majority := live*2 > members
 	isolated := s.isolated.Load()
 	if majority && !isolated {
@@ -77,21 +77,16 @@ func (s *Server) checkIsolation(tab *topology.Table) bool {
 	return isolated
 }
 
-// liveMembers counts the baseline's members (every node the assignment
-// gives partitions) and those of them live in tab.
-func liveMembers(tab *topology.Table) (live, members int) {
-	seen := map[string]bool{}
-	for _, owners := range tab.Assignment.Owners {
-		for _, id := range owners {
-			if !seen[id] {
-				seen[id] = true
-				if tab.Live(id) {
-					live++
-				}
-			}
+// liveMembers counts the baseline's members and those of them live in
+// tab.
+func (s *Server) liveMembers(tab *topology.Table) (live, members int) {
+	b := s.tracker.Baseline()
+	for _, m := range b.Members {
+		if tab.Live(m.ID) {
+			live++
 		}
 	}
-	return live, len(seen)
+	return live, len(b.Members)
 }
 
 // quorumProbe asks JetStream about the nodes bucket: nil when its stream
@@ -103,7 +98,7 @@ func (s *Server) quorumProbe() error {
 	if err != nil {
 		return err
 	}
-	if err := logQuorum(info); err != nil {
+	if err := streamQuorum(info); err != nil {
 		return fmt.Errorf("nodes bucket: %w", err)
 	}
 	return nil

@@ -206,7 +206,7 @@ func (s *Server) logReachable(g *logGate) error {
 	if err != nil {
 		return fmt.Errorf("record log %s: %w", s.recLog.Stream(), err)
 	}
-	if err := logQuorum(st.CachedInfo()); err != nil {
+	if err := streamQuorum(st.CachedInfo()); err != nil {
 		return fmt.Errorf("record log %s: %w", s.recLog.Stream(), err)
 	}
 	g.mu.Lock()
@@ -231,11 +231,11 @@ func (s *Server) logReachable(g *logGate) error {
 	return nil
 }
 
-// logQuorum checks that the stream of info has a leader that has heard a
+// streamQuorum checks that the stream of info has a leader that has heard a
 // quorum of its replicas (itself included) within logPeerSilence: a
 // leader cut off from the others answers for a while before it steps
 // down, but cannot commit a write.
-func logQuorum(info *jetstream.StreamInfo) error {
+func streamQuorum(info *jetstream.StreamInfo) error {
 	ci := info.Cluster
 	if ci == nil {
 		return nil // one server, no raft
