@@ -16,10 +16,8 @@ import (
 
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode"
-	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/persistence"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestSplitAndHeal cuts the NATS server of a cache node off from the
@@ -70,26 +68,7 @@ func splitAndHeal(t *testing.T, leader string) {
 	defer cancel()
 
 	logName := persistence.RecordStreamConfig(admin.Subjects, persistence.RecordLogConfig{}, true).Name
-	st, err := admin.JS.Stream(ctx, logName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ci *jetstream.ClusterInfo
-	stepdown := fmt.Sprintf(`{"placement":{"preferred":%q}}`, leader)
-	bustest.WaitFor(t, 60*time.Second, "record log led by "+leader+" and current on n1, n2 and n3", func() bool {
-		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
-		defer icancel()
-		info, err := st.Info(ictx)
-		if err != nil {
-			return false
-		}
-		ci = info.Cluster
-		if ci != nil && ci.Leader != "" && ci.Leader != leader {
-			_, _ = admin.NC.RequestWithContext(ictx, "$JS.API.STREAM.LEADER.STEPDOWN."+logName, []byte(stepdown))
-			return false
-		}
-		return harness.AllCurrent(ci, "n1", "n2", "n3")
-	})
+	ci := harness.LeadStream(ctx, t, admin, logName, leader, 60*time.Second, "n1", "n2", "n3")
 	t.Logf("record log before the split: %s", harness.Describe(ci))
 
 	// Acknowledged before the split.
@@ -201,25 +180,7 @@ func splitAndHeal(t *testing.T, leader string) {
 	checkRecords(ctx, t, cl, acked, refused, "after the heal")
 
 	// The record log itself: every acknowledged write, none refused.
-	rl, err := persistence.BindRecordLog(ctx, admin, persistence.RecordLogConfig{LongTerm: []string{harness.RecordsNS}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := make([]int, partition.Partitions)
-	for p := range all {
-		all[p] = p
-	}
-	inLog := map[string]string{}
-	if _, err := rl.Replay(ctx, harness.RecordsNS, all, func(r persistence.Record) error {
-		if r.Deleted {
-			delete(inLog, r.Key)
-		} else {
-			inLog[r.Key] = string(r.Value)
-		}
-		return nil
-	}, nil); err != nil {
-		t.Fatal(err)
-	}
+	inLog := harness.RecordLogValues(ctx, t, admin)
 	for k, v := range acked {
 		if inLog[k] != v {
 			t.Errorf("record log after the heal: %s = %q, want %q", k, inLog[k], v)

@@ -3,7 +3,6 @@
 package fault
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -13,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/e2e/harness"
 	"github.com/cachebus/cachebus/persistence"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Settings of TestNetworkPartition (the pace and the budget, which the
@@ -103,7 +100,7 @@ func TestNetworkPartition(t *testing.T) {
 	// elect another before it takes long-term writes again, and the writes
 	// the cut-off node sends it wait in its raft log, uncommitted.
 	logName := persistence.RecordStreamConfig(admin.Subjects, persistence.RecordLogConfig{}, true).Name
-	leadStream(ctx, t, admin, logName, cutServer.Name, within(60*time.Second), serverNames(servers)...)
+	placed := harness.LeadStream(ctx, t, admin, logName, cutServer.Name, within(60*time.Second), serverNames(servers)...)
 	t.Logf("three hosts, their NATS cluster and cache nodes ready in %s", time.Since(began).Round(time.Millisecond))
 
 	tab := cl.Table()
@@ -142,8 +139,8 @@ func TestNetworkPartition(t *testing.T) {
 
 	// The cut: host 3's port on the switch goes down. Its NATS server is
 	// alone, its cache node with it; the majority has two of each.
-	t.Logf("cutting %s (NATS %s, cache node %s) off; record log: %s", cutHost.NS, cutServer.Name, cutNode.ID,
-		harness.Describe(harness.ClusterInfo(t, mustStream(ctx, t, admin, logName))))
+	t.Logf("cutting %s (NATS %s, cache node %s) off; record log as placed: %s", cutHost.NS, cutServer.Name, cutNode.ID,
+		harness.Describe(placed))
 	lab.setPort(cutHost, "down")
 	cut := time.Now()
 	load.markCut(cut)
@@ -345,7 +342,7 @@ func TestNetworkPartition(t *testing.T) {
 		formatValue(reads), len(nodes), formatValue(count[resLost])), count[resStale] == 0)
 	Check(t, "refused or unknown values read after convergence", count[resUndone]+count[resForeign], "= 0", count[resUndone]+count[resForeign] == 0)
 	Check(t, "reads after convergence that failed", count[resFailed], "= 0 (no answer after retries)", count[resFailed] == 0)
-	inLog := recordLogValues(ctx, t, admin)
+	inLog := harness.RecordLogValues(ctx, t, admin)
 	notInLog := 0
 	for _, k := range keys {
 		v, found := inLog[k.name]
@@ -439,47 +436,6 @@ func serverNames(servers []*harness.NATSNode) []string {
 	return names
 }
 
-// mustStream returns stream name, failing the test without it.
-func mustStream(ctx context.Context, t *testing.T, c *bus.Conn, name string) jetstream.Stream {
-	t.Helper()
-	st, err := c.JS.Stream(ctx, name)
-	if err != nil {
-		t.Fatalf("stream %s: %v", name, err)
-	}
-	return st
-}
-
-// leadStream waits until stream name is led by server leader and current
-// on every server of names, asking its leader to step down in favour of
-// leader meanwhile.
-func leadStream(ctx context.Context, t *testing.T, c *bus.Conn, name, leader string, timeout time.Duration, names ...string) {
-	t.Helper()
-	st := mustStream(ctx, t, c, name)
-	stepdown := fmt.Sprintf(`{"placement":{"preferred":%q}}`, leader)
-	var last string
-	defer func() {
-		if t.Failed() {
-			t.Logf("stream %s, last seen: %s", name, last)
-		}
-	}()
-	bustest.WaitFor(t, timeout, fmt.Sprintf("stream %s led by %s and current on every server", name, leader), func() bool {
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		info, err := st.Info(ictx)
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		ci := info.Cluster
-		last = harness.Describe(ci)
-		if ci != nil && ci.Leader != "" && ci.Leader != leader {
-			_, _ = c.NC.RequestWithContext(ictx, "$JS.API.STREAM.LEADER.STEPDOWN."+name, []byte(stepdown))
-			return false
-		}
-		return harness.AllCurrent(ci, names...)
-	})
-}
-
 // notConverged says what keeps the cache tier from having converged, ""
 // when nothing does: every node ready, and in every node's view and the
 // client's, every node live and every partition served by an owner.
@@ -550,32 +506,6 @@ func readEverywhere(t *testing.T, nodes []*harness.CacheNode, keys []splitKey, r
 	close(jobs)
 	wg.Wait()
 	return out
-}
-
-// recordLogValues replays namespace harness.RecordsNS from the record log
-// through c: the value of every live record by key.
-func recordLogValues(ctx context.Context, t *testing.T, c *bus.Conn) map[string]string {
-	t.Helper()
-	rl, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{harness.RecordsNS}})
-	if err != nil {
-		t.Fatalf("record log: %v", err)
-	}
-	all := make([]int, partition.Partitions)
-	for p := range all {
-		all[p] = p
-	}
-	values := map[string]string{}
-	if _, err := rl.Replay(ctx, harness.RecordsNS, all, func(r persistence.Record) error {
-		if r.Deleted {
-			delete(values, r.Key)
-		} else {
-			values[r.Key] = string(r.Value)
-		}
-		return nil
-	}, nil); err != nil {
-		t.Fatalf("replay of the record log: %v", err)
-	}
-	return values
 }
 
 // refusalKinds sums refusals up by their error code and, for those of the

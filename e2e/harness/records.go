@@ -1,0 +1,79 @@
+//go:build unix
+
+package harness
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/bus"
+	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/cachenode/partition"
+	"github.com/cachebus/cachebus/persistence"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LeadStream waits at most timeout until stream name is led by server
+// leader and current on every server of names, asking its leader to step
+// down in favour of leader meanwhile, and returns the stream's cluster
+// view: a test that cuts a server off puts the leader where it wants it.
+func LeadStream(ctx context.Context, t testing.TB, c *bus.Conn, name, leader string, timeout time.Duration, names ...string) *jetstream.ClusterInfo {
+	t.Helper()
+	st, err := c.JS.Stream(ctx, name)
+	if err != nil {
+		t.Fatalf("stream %s: %v", name, err)
+	}
+	stepdown := fmt.Sprintf(`{"placement":{"preferred":%q}}`, leader)
+	var ci *jetstream.ClusterInfo
+	var last string
+	defer func() {
+		if t.Failed() {
+			t.Logf("stream %s, last seen: %s", name, last)
+		}
+	}()
+	bustest.WaitFor(t, timeout, fmt.Sprintf("stream %s led by %s and current on every server", name, leader), func() bool {
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		info, err := st.Info(ictx)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		ci = info.Cluster
+		last = Describe(ci)
+		if ci != nil && ci.Leader != "" && ci.Leader != leader {
+			_, _ = c.NC.RequestWithContext(ictx, "$JS.API.STREAM.LEADER.STEPDOWN."+name, []byte(stepdown))
+			return false
+		}
+		return AllCurrent(ci, names...)
+	})
+	return ci
+}
+
+// RecordLogValues replays namespace RecordsNS from the record log through
+// c: the value of every live record, by key.
+func RecordLogValues(ctx context.Context, t testing.TB, c *bus.Conn) map[string]string {
+	t.Helper()
+	rl, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{RecordsNS}})
+	if err != nil {
+		t.Fatalf("record log: %v", err)
+	}
+	all := make([]int, partition.Partitions)
+	for p := range all {
+		all[p] = p
+	}
+	values := map[string]string{}
+	if _, err := rl.Replay(ctx, RecordsNS, all, func(r persistence.Record) error {
+		if r.Deleted {
+			delete(values, r.Key)
+		} else {
+			values[r.Key] = string(r.Value)
+		}
+		return nil
+	}, nil); err != nil {
+		t.Fatalf("replay of the record log: %v", err)
+	}
+	return values
+}
