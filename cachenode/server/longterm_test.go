@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachebus/cachebus/bus"
 	"github.com/cachebus/cachebus/bus/bustest"
 	"github.com/cachebus/cachebus/cachenode"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/server"
+	"github.com/cachebus/cachebus/persistence"
 )
 
 // TestLongTermRecordsSurviveRestart: a lone node killed and started again
@@ -19,17 +22,23 @@ import (
 // empty, as before.
 func TestLongTermRecordsSurviveRestart(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		key  string
+		name      string
+		key       string
+		snapshots bool // the node keeps snapshots, and the restart reads them
 	}{
-		{"plain", ""},
-		{"sealed", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
+		{"plain", "", false},
+		{"sealed", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", false},
+		{"snapshots", "", true},
+		{"sealed snapshots", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cl := newClusterWith(t, func(c *server.Config) {
 				c.LongTerm = []string{"sessions"}
 				c.Key = tc.key
 				c.TombstoneTTL = time.Minute
+				if tc.snapshots {
+					c.SnapshotEvery = 100 * time.Millisecond
+				}
 			}, "n1")
 			cl.waitReady()
 			client := cl.client()
@@ -57,6 +66,14 @@ func TestLongTermRecordsSurviveRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			if tc.snapshots {
+				// Every partition's snapshot holds the writes above, and
+				// one more write is in the log's tail only, most likely.
+				waitSnapshots(t, cl.conns["n1"], tc.key)
+				if _, err := client.Put(ctx, "sessions", "late", []byte("tail"), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
 			cl.crash("n1")
 			restarted := cl.start("n1", []string{"n1"})
 			cl.waitReady()
@@ -87,9 +104,36 @@ func TestLongTermRecordsSurviveRestart(t *testing.T) {
 				_, err := client.Get(ctx, "sessions", "short")
 				return errors.Is(err, cachenode.ErrNotFound)
 			})
+			if rec, err := client.Get(ctx, "sessions", "late"); tc.snapshots && (err != nil || string(rec.Value) != "tail") {
+				t.Fatalf("record written after the snapshots, after restart: %v %q", err, rec.Value)
+			}
 			if _, err := client.Get(ctx, "cache", "c1"); !errors.Is(err, cachenode.ErrNotFound) {
 				t.Fatalf("record of a namespace that is not long-term after restart: %v, want not found", err)
 			}
 		})
 	}
+}
+
+// waitSnapshots waits until a replay of "sessions" reads every partition
+// from a snapshot: the node has built them all.
+func waitSnapshots(t *testing.T, c *bus.Conn, key string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{"sessions"},
+		TombstoneTTL: time.Minute, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last persistence.ReplayStats
+	bustest.WaitFor(t, 20*time.Second, "every partition's snapshot to hold every write", func() bool {
+		all := make([]int, partition.Partitions)
+		for i := range all {
+			all[i] = i
+		}
+		st, err := l.Replay(ctx, "sessions", all, func(persistence.Record) error { return nil }, nil)
+		last = st
+		return err == nil && st.Snapshots == partition.Partitions
+	})
+	t.Logf("snapshot replay: %+v", last)
 }

@@ -164,6 +164,10 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	s.stopConn = s.c.OnEvent(s.onConnEvent)
 	s.bg.Add(1)
 	go s.reconcileLoop()
+	if s.recLog != nil && s.recLog.SnapshotEvery() > 0 {
+		s.bg.Add(1)
+		go s.compactLoop(s.recLog.SnapshotEvery())
+	}
 	ok = true
 	s.log.Info("cache node started", "dc", cfg.DC, "workers", cfg.Workers, "failure_timeout", cfg.FailureTimeout)
 	return s, nil

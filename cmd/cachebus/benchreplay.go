@@ -60,7 +60,8 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		return err
 	}
 	defer c.NC.Close()
-	log, err := persistence.OpenRecordLog(ctx, c, persistence.RecordLogConfig{Key: os.Getenv("CACHEBUS_RECORD_KEY")})
+	log, err := persistence.OpenRecordLog(ctx, c, persistence.RecordLogConfig{Key: os.Getenv("CACHEBUS_RECORD_KEY"),
+		SnapshotEvery: persistence.DefaultSnapshotEvery})
 	if err != nil {
 		return err
 	}
@@ -71,6 +72,9 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	filter := c.Subjects.Records() + ".log." + benchReplayNS + ".*.*"
 	if err := st.Purge(ctx, jetstream.WithPurgeSubject(filter)); err != nil {
 		return fmt.Errorf("replay: purge %s: %w", filter, err)
+	}
+	if err := log.DropSnapshots(ctx, benchReplayNS); err != nil {
+		return err
 	}
 
 	start := time.Now()
@@ -92,6 +96,16 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		}
 	}
 	load := time.Since(start)
+	var compact persistence.CompactStats
+	if log.Snapshots() {
+		all := make([]int, partition.Partitions)
+		for i := range all {
+			all[i] = i
+		}
+		if compact, err = log.Compact(ctx, benchReplayNS, all); err != nil {
+			return fmt.Errorf("replay: snapshots: %w", err)
+		}
+	}
 
 	// Replay reads a namespace that is all the stream holds without a
 	// filter; the raw read does as it does, to compare like with like.
@@ -127,9 +141,11 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		best    time.Duration
 		records int64
 		filter  string
+		logOnly bool
 	}
 	ways := []*way{{name: "raw", readers: 1, raw: true}, {name: "raw", readers: readers, raw: true},
-		{name: "replay", readers: 1}, {name: "replay", readers: readers}}
+		{name: "replay", readers: 1}, {name: "replay", readers: readers}, {name: "replay", readers: readers, logOnly: true}}
+	var check time.Duration // the longest Compact finding nothing new
 	run := func(w *way) error {
 		t0 := time.Now()
 		if w.raw {
@@ -151,17 +167,30 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 			w.records += n
 			return nil
 		}
+		if !w.logOnly && log.Snapshots() {
+			// A node checks its snapshots every SnapshotEvery; a
+			// round lasts longer than they stay fresh without it.
+			cs, err := log.Compact(ctx, benchReplayNS, all)
+			if err != nil {
+				return fmt.Errorf("replay: snapshots: %w", err)
+			}
+			check = max(check, cs.Elapsed)
+		}
 		store := cachenode.NewStore(cachenode.StoreConfig{MaxMB: maxMB, MaxTTL: 2 * time.Hour, Log: env.log})
 		t0 = time.Now()
 		// The store is safe for concurrent use: with several readers
 		// fn is called from each one's goroutine.
+		opts := []persistence.ReplayOption{persistence.ReplayReaders(w.readers)}
+		if w.logOnly {
+			opts = append(opts, persistence.ReplayFromLog())
+		}
 		rs, err := log.Replay(ctx, benchReplayNS, all, func(r persistence.Record) error {
 			if r.Deleted {
 				store.Delete(r.NS, r.Key)
 				return nil
 			}
 			return store.SetUntil(r.NS, r.Key, r.Value, r.Expires.UnixNano())
-		}, nil, persistence.ReplayReaders(w.readers))
+		}, nil, opts...)
 		took := time.Since(t0)
 		entries := store.Stats(benchReplayNS).Entries
 		store.Close()
@@ -173,7 +202,7 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		}
 		w.time += took
 		w.records += rs.Records
-		w.filter = fmt.Sprintf("filter %s, %d readers", rs.Filter, rs.Readers)
+		w.filter = fmt.Sprintf("filter %s, %d readers, %d partitions from snapshots", rs.Filter, rs.Readers, rs.Snapshots)
 		if w.best == 0 || took < w.best {
 			w.best = took
 		}
@@ -190,18 +219,27 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		}
 	}
 	_ = st.Purge(ctx, jetstream.WithPurgeSubject(filter))
+	_ = log.DropSnapshots(ctx, benchReplayNS)
 
 	rate := func(w *way) float64 { return float64(w.records) / w.time.Seconds() }
-	raw1, rawN, replay1, replayN := ways[0], ways[1], ways[2], ways[3]
+	raw1, rawN, replay1, replayN, replayLog := ways[0], ways[1], ways[2], ways[3], ways[4]
 	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "machine\t%s\n", machine)
 	fmt.Fprintf(w, "records\t%d of %d bytes (sealed: %v, server message TTLs: %v)\n", cfg.Records, cfg.Size, log.Sealed(), log.MsgTTL())
 	fmt.Fprintf(w, "load\t%s, %.0f records/s, each acknowledged\n", load.Round(time.Millisecond), float64(cfg.Records)/load.Seconds())
+	if log.Snapshots() {
+		fmt.Fprintf(w, "snapshots\t%s to build %d partitions from the log (%d records, %d MB); %s at most to check them unchanged\n",
+			compact.Elapsed.Round(time.Millisecond), compact.Built, compact.Records, compact.Bytes>>20, check.Round(time.Millisecond))
+	} else {
+		fmt.Fprintf(w, "snapshots\tnone (CACHEBUS_RECORDS_SNAPSHOT_EVERY=0, or a server before 2.11)\n")
+	}
 	fmt.Fprintf(w, "raw ordered consumer\t%.0f records/s (1 consumer, filter %q)\n", rate(raw1), rawFilter)
 	fmt.Fprintf(w, "raw ordered consumers\t%.0f records/s (%d consumers over shares of the stream)\n", rate(rawN), readers)
 	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw with 1 consumer; %s)\n", rate(replay1), rate(replay1)/rate(raw1), replay1.filter)
 	fmt.Fprintf(w, "replay into memory\t%.0f records/s (%.2f × raw with 1 consumer, %.2f × raw with %d; %s)\n",
 		rate(replayN), rate(replayN)/rate(raw1), rate(replayN)/rate(rawN), readers, replayN.filter)
+	fmt.Fprintf(w, "replay, log only\t%.0f records/s (%.2f × raw with 1 consumer, %.2f × raw with %d; %s)\n",
+		rate(replayLog), rate(replayLog)/rate(raw1), rate(replayLog)/rate(rawN), readers, replayLog.filter)
 	fmt.Fprintf(w, "ready\t%s for %d records with %d readers, %s with 1 (best of %d rounds)\n",
 		replayN.best.Round(time.Millisecond), cfg.Records, readers, replay1.best.Round(time.Millisecond), rounds)
 	return w.Flush()
