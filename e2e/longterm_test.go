@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachebus/cachebus/bus/bustest"
+	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/e2e/harness"
 )
 
@@ -17,12 +19,28 @@ import (
 // `cachebus node` process, deletes every tenth, SIGKILLs the node and
 // starts it again: before it says ready it has read the records back from
 // JetStream, and it serves every acknowledged record with its value and
-// none of the deleted ones.
+// none of the deleted ones. It reads them back from the record log alone,
+// and from the snapshots the node keeps beside it, with writes and deletes
+// made after the last snapshot in the log's tail.
 func TestLongTermSurvivesSIGKILL(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		every string // CACHEBUS_RECORDS_SNAPSHOT_EVERY
+	}{
+		{"log", "0"},
+		{"snapshots", "500ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { longTermSurvivesSIGKILL(t, tc.every != "0", tc.every) })
+	}
+}
+
+func longTermSurvivesSIGKILL(t *testing.T, snapshots bool, every string) {
+	const sealKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 	nats := harn.StartNATS(t)
 	node := harn.StartCacheNodesWith(t, nats.URL, map[string]string{
-		"CACHEBUS_LONG_TERM":  harness.RecordsNS,
-		"CACHEBUS_RECORD_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+		"CACHEBUS_LONG_TERM":              harness.RecordsNS,
+		"CACHEBUS_RECORD_KEY":             sealKey,
+		"CACHEBUS_RECORDS_SNAPSHOT_EVERY": every,
 	}, "lt1")[0]
 	node.WaitReady(t, 30*time.Second)
 	cl := harness.NodeClient(t, nats.URL)
@@ -31,6 +49,7 @@ func TestLongTermSurvivesSIGKILL(t *testing.T) {
 
 	key := func(i int) string { return fmt.Sprintf("session:%06d", i) }
 	value := func(i int) string { return fmt.Sprintf("token-%d-%x", i, i*7919) }
+	rewritten := func(i int) string { return fmt.Sprintf("rewritten-%d", i) }
 	start := time.Now()
 	harness.Parallel(ctx, t, longTermRecords, func(i int) error {
 		if i%10 == 0 {
@@ -45,6 +64,29 @@ func TestLongTermSurvivesSIGKILL(t *testing.T) {
 	took := time.Since(start)
 	t.Logf("%d long-term records written and acknowledged in %s (%.0f/s)", longTermRecords, took.Round(time.Millisecond),
 		float64(longTermRecords)/took.Seconds())
+	// With snapshots: once every partition has one, one record in a
+	// hundred is deleted and one rewritten, so that the restart reads
+	// snapshots that may not hold them yet and the log's tail over them.
+	deleted := func(i int) bool { return i%10 == 0 || snapshots && i%100 == 5 }
+	if snapshots {
+		admin := harness.Connect(t, nats.URL)
+		bustest.WaitFor(t, time.Minute, "the node to keep a snapshot of every partition", func() bool {
+			return harness.RecordLogSnapshots(ctx, t, admin, sealKey) == partition.Partitions
+		})
+		harness.Parallel(ctx, t, longTermRecords/100, func(j int) error {
+			if err := cl.Delete(ctx, harness.RecordsNS, key(j*100+5)); err != nil {
+				return err
+			}
+			_, err := cl.Put(ctx, harness.RecordsNS, key(j*100+7), []byte(rewritten(j*100+7)), time.Hour)
+			return err
+		})
+	}
+	want := func(i int) string {
+		if snapshots && i%100 == 7 {
+			return rewritten(i)
+		}
+		return value(i)
+	}
 
 	node.P.Signal(syscall.SIGKILL)
 	node.P.Wait(10 * time.Second)
@@ -66,10 +108,10 @@ func TestLongTermSurvivesSIGKILL(t *testing.T) {
 		for i := from; i < min(from+batch, longTermRecords); i++ {
 			rec, found := got[key(i)]
 			switch {
-			case i%10 == 0 && found:
+			case deleted(i) && found:
 				t.Fatalf("%s was deleted before the kill, and is back: %q", key(i), rec.Value)
-			case i%10 != 0 && (!found || string(rec.Value) != value(i)):
-				t.Fatalf("%s after the kill: found %v, %q; want %q", key(i), found, rec.Value, value(i))
+			case !deleted(i) && (!found || string(rec.Value) != want(i)):
+				t.Fatalf("%s after the kill: found %v, %q; want %q", key(i), found, rec.Value, want(i))
 			}
 		}
 	}

@@ -77,3 +77,25 @@ func RecordLogValues(ctx context.Context, t testing.TB, c *bus.Conn) map[string]
 	}
 	return values
 }
+
+// RecordLogSnapshots is how many partitions a replay of namespace
+// RecordsNS through c reads from a snapshot of the record log: 1024 once
+// the cache nodes have built every one, and while they keep them fresh.
+// key is the nodes' CACHEBUS_RECORD_KEY: a snapshot that does not open
+// does not count.
+func RecordLogSnapshots(ctx context.Context, t testing.TB, c *bus.Conn, key string) int {
+	t.Helper()
+	rl, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{RecordsNS}, Key: key})
+	if err != nil {
+		t.Fatalf("record log: %v", err)
+	}
+	all := make([]int, partition.Partitions)
+	for p := range all {
+		all[p] = p
+	}
+	st, err := rl.Replay(ctx, RecordsNS, all, func(persistence.Record) error { return nil }, nil)
+	if err != nil {
+		t.Fatalf("replay of the record log: %v", err)
+	}
+	return st.Snapshots
+}
