@@ -774,9 +774,10 @@ func (l *RecordLog) message(r Record, now time.Time) (*nats.Msg, []jetstream.Pub
 		return msg, nil, nil
 	}
 	// Whole seconds, rounded up so the server never removes a record
-	// before it expires; a second at least, even for one already expired,
-	// which must still replace the value before it.
-	ttl := r.Expires.Sub(now)
+	// before it expires; a tombstone TTL at least, even for one already
+	// expired, which must still replace the value before it long enough
+	// for the snapshots to see it go (snapshot.go). Readers check exp.
+	ttl := max(r.Expires.Sub(now), l.cfg.TombstoneTTL)
 	ttl = max((ttl+time.Second-1)/time.Second*time.Second, time.Second)
 	return msg, []jetstream.PublishOpt{jetstream.WithMsgTTL(ttl)}, nil
 }
@@ -911,17 +912,17 @@ var errReplayDone = errors.New("replay done")
 
 // Replay reads the records of namespace ns in partitions (0 to 1023; none
 // reads nothing) as they are in the log when it starts, and hands each
-// one to fn. Where the log keeps snapshots (snapshot.go) it first hands
-// over those of the partitions, then the log's messages written since; so
-// a key may be handed over twice, the later one being the newer. By
-// default fn is called from one goroutine, in that order; with
-// ReplayReaders(n) the snapshots and the log are read n at once and fn is
-// called from up to n goroutines at once (see there), each key's two
-// calls still one after the other. It skips expired records. It hands
-// over tombstones (Deleted, no Value) that have not expired, and the
-// caller must apply them, even one starting empty: a tombstone from the
-// log deletes a record handed over from a snapshot, and keeps the version
-// that deleted it. A message that is not a record, or whose value does not
+// one to fn. Where the log keeps snapshots (snapshot.go) it reads the
+// log's messages written since each partition's snapshot, then the
+// snapshots less the keys those messages hold, so each key is handed over
+// as a replay of the log alone would (twice, the same message, only for a
+// partition whose snapshot turns out not whole, read from the log after).
+// By default fn is called from one goroutine; with ReplayReaders(n) the
+// log and the snapshots are read n at once and fn is called from up to n
+// goroutines at once (see there). It skips expired records. It hands over
+// tombstones (Deleted, no Value) that have not expired, so a caller that
+// already holds some of these keys removes them and keeps the version
+// that deleted them; a caller starting empty may ignore them. A message that is not a record, or whose value does not
 // open, is logged, counted in Rejected and skipped. fn returning an error
 // ends the replay with it. progress, when not nil, is called at most
 // every 250ms and once at the end, never from two goroutines at once.
@@ -960,9 +961,8 @@ const MaxReplayReaders = 8
 // calling fn from its own goroutine, and the snapshots are decoded by n
 // goroutines, a partition each: so fn must be safe for concurrent use.
 // Every message is still read by one consumer only, and each key has one
-// message in the log (and one in a snapshot, handed over before), so each
-// record is handed over as with one reader; only the order across keys
-// differs. On a machine with
+// message in the log, or one in a snapshot, so each record is handed over
+// as with one reader; only the order across keys differs. On a machine with
 // cores to spare it replays faster: the server's work for a consumer is
 // one goroutine's, and so is the client's.
 func ReplayReaders(n int) ReplayOption {
@@ -995,26 +995,92 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 	}
 	readers := min(max(o.readers, 1), MaxReplayReaders)
 	start := time.Now()
-	var snap *snapshotRead
+	var sp *snapshotPlan
 	if l.snap != nil && !o.logOnly {
 		var err error
-		if snap, err = l.replaySnapshots(ctx, ns, &want, n, readers, fn); err != nil {
+		if sp, err = l.planSnapshots(ctx, ns, &want, n); err != nil {
 			return ReplayStats{}, none, err
 		}
 	}
+	planned := sp != nil && len(sp.manifests) > 0
+	var plan *snapshotPlan
+	if planned {
+		plan = sp
+	}
+	// The log first, only its tail where there is a snapshot; then the
+	// snapshots, less the keys the tail held; then, from the log whole,
+	// the partitions whose snapshot turned out not whole.
+	st, rs, err := l.replayLog(ctx, ns, &want, n, fn, progress, readers, start, plan)
+	if err == nil && planned {
+		var ss ReplayStats
+		var failed []int
+		ss, failed, err = l.replaySnapshots(ctx, ns, sp, readers, fn, progress, st, start)
+		st = addReplayStats(st, ss)
+		st.Snapshots = ss.Snapshots
+		if err == nil && len(failed) > 0 {
+			var again [partition.Partitions]bool
+			for _, p := range failed {
+				again[p] = true
+			}
+			var fs ReplayStats
+			var frs [reasons]int64
+			fs, frs, err = l.replayLog(ctx, ns, &again, len(failed), fn, nil, readers, start, nil)
+			st = addReplayStats(st, fs)
+			for i := range rs {
+				rs[i] += frs[i]
+			}
+		}
+	}
+	if sp != nil {
+		st.Rejected += sp.rejected
+		for i := range rs {
+			rs[i] += sp.reasons[i]
+		}
+	}
+	st.Elapsed = time.Since(start)
+	if planned && progress != nil && err == nil {
+		progress(ReplayProgress{Records: st.Records, Messages: st.Messages, Bytes: st.Bytes, Elapsed: st.Elapsed,
+			Rate: st.Rate(), Percent: 100})
+	}
+	l.metrics.Replayed.Add(float64(st.Records))
+	if err != nil {
+		return st, rs, err
+	}
+	l.c.Log.Info("records replayed", "ns", ns, "partitions", n, "records", st.Records, "deleted", st.Deleted,
+		"expired", st.Expired, "rejected", st.Rejected, "bytes", st.Bytes, "elapsed", st.Elapsed.Round(time.Millisecond),
+		"rate", int64(st.Rate()), "filter", st.Filter, "readers", st.Readers, "snapshots", st.Snapshots)
+	return st, rs, nil
+}
+
+// addReplayStats adds b's counts to a's.
+func addReplayStats(a, b ReplayStats) ReplayStats {
+	a.Records += b.Records
+	a.Deleted += b.Deleted
+	a.Expired += b.Expired
+	a.Rejected += b.Rejected
+	a.Messages += b.Messages
+	a.Bytes += b.Bytes
+	return a
+}
+
+// replayLog reads the records of the wanted partitions of ns from the
+// log, and hands them to fn. With a plan it reads the planned partitions'
+// messages after their snapshot only, noting their keys, and leaves the
+// last progress report to the snapshots' read.
+func (l *RecordLog) replayLog(ctx context.Context, ns string, want *[partition.Partitions]bool, n int, fn func(Record) error,
+	progress func(ReplayProgress), readers int, start time.Time, plan *snapshotPlan) (ReplayStats, [reasons]int64, error) {
 	newReplay := func() *replay {
 		r := &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: start, readers: readers}
-		if snap != nil && snap.partitions > 0 {
+		if plan != nil {
 			// The log is read from the oldest snapshot's end on, and
 			// each partition's messages up to its own are skipped.
-			r.floor, r.base, r.baseReasons = &snap.floor, snap.st, snap.reasons
+			r.plan, r.extra = plan, plan.records
 			r.from = math.MaxUint64
 			for p := range want {
 				if want[p] {
-					r.from = min(r.from, snap.floor[p]+1)
+					r.from = min(r.from, plan.floor[p]+1)
 				}
 			}
-			r.base.Snapshots = snap.partitions
 		}
 		return r
 	}
@@ -1033,7 +1099,7 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 		}
 	default:
 		r.st.Filter = "namespace"
-		r.want = &want
+		r.want = want
 		filters = []string{l.codec.namespaceFilter(ns)}
 	}
 	err := r.run(ctx, filters)
@@ -1041,21 +1107,17 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 		l.noMultiFilter.Store(true)
 		l.c.Log.Info("record log: the NATS server cannot filter a consumer by several subjects (before 2.10); replays filter partitions here",
 			"stream", l.name)
+		if plan != nil {
+			plan.mu.Lock()
+			clear(plan.tail) // noted by the failed read; read again
+			plan.mu.Unlock()
+		}
 		r = newReplay()
-		r.want = &want
+		r.want = want
 		r.st.Filter = "namespace"
 		err = r.run(ctx, []string{l.codec.namespaceFilter(ns)})
 	}
-	st := r.st
-	st.Elapsed = time.Since(r.start)
-	l.metrics.Replayed.Add(float64(st.Records))
-	if err != nil {
-		return st, r.reasons, err
-	}
-	l.c.Log.Info("records replayed", "ns", ns, "partitions", n, "records", st.Records, "deleted", st.Deleted,
-		"expired", st.Expired, "rejected", st.Rejected, "bytes", st.Bytes, "elapsed", st.Elapsed.Round(time.Millisecond),
-		"rate", int64(st.Rate()), "filter", st.Filter, "readers", st.Readers, "snapshots", st.Snapshots)
-	return st, r.reasons, nil
+	return r.st, r.reasons, err
 }
 
 // multiFilterServer reports whether the connected server is 2.10 or later,
@@ -1081,19 +1143,19 @@ type replay struct {
 	want     *[partition.Partitions]bool // nil: every partition delivered is wanted
 	otherNS  bool                        // read unfiltered: other namespaces are skipped
 	nsPrefix string                      // "<p>.rec.log.<ns>."
-	// floor, when not nil, is the last sequence of each partition read
-	// from its snapshot (0: none), and from the first sequence to read;
-	// base and baseReasons are what the snapshots held.
-	floor       *[partition.Partitions]uint64
-	from        uint64
-	base        ReplayStats
-	baseReasons [reasons]int64
-	fn          func(Record) error
-	progress    func(ReplayProgress)
-	start       time.Time
-	readers     int // at most, as asked
-	rejected    atomic.Int64
-	done        chan readerDone
+	// plan, when not nil, has snapshots of some partitions, read after
+	// the log: their messages up to the snapshot's upto are skipped, the
+	// keys of the others noted. from is the first sequence to read, extra
+	// how many records the snapshots add (for the percentage).
+	plan     *snapshotPlan
+	from     uint64
+	extra    int64
+	fn       func(Record) error
+	progress func(ReplayProgress)
+	start    time.Time
+	readers  int // at most, as asked
+	rejected atomic.Int64
+	done     chan readerDone
 
 	mu           sync.Mutex // guards all below; progress is called holding it
 	rds          []*replayReader
@@ -1142,8 +1204,8 @@ func (r *replay) report(final bool) {
 		return
 	}
 	now := time.Now()
-	if !final && now.Sub(r.lastProgress) < progressEvery {
-		return
+	if !final && now.Sub(r.lastProgress) < progressEvery || final && r.plan != nil {
+		return // the last report is the snapshots' read's
 	}
 	r.lastProgress = now
 	var p ReplayProgress
@@ -1160,11 +1222,9 @@ func (r *replay) report(final bool) {
 		r.percent = 100
 	} else if p.Messages > 0 {
 		// Never back: a write made meanwhile adds to what is pending.
-		r.percent = max(r.percent, float64(p.Messages)/float64(p.Messages+int64(pending))*100)
+		r.percent = max(r.percent, float64(p.Messages)/float64(p.Messages+int64(pending)+r.extra)*100)
 	}
-	if !final {
-		p.Records, p.Messages, p.Bytes = p.Records+r.base.Records, p.Messages+r.base.Messages, p.Bytes+r.base.Bytes
-	}
+
 	p.Percent = r.percent
 	if s := p.Elapsed.Seconds(); s > 0 {
 		p.Rate = float64(p.Records) / s
@@ -1408,8 +1468,8 @@ func (r *replay) stop() {
 
 // finishStats sums up the readers' figures into r.st and r.reasons.
 func (r *replay) finishStats() {
-	st := r.base
-	rs := r.baseReasons
+	var st ReplayStats
+	var rs [reasons]int64
 	for _, rd := range r.rds {
 		rd.mu.Lock()
 		s := rd.st
@@ -1425,7 +1485,7 @@ func (r *replay) finishStats() {
 		st.Bytes += s.Bytes
 	}
 	r.mu.Lock()
-	st.Filter, st.Readers, st.Snapshots = r.st.Filter, r.st.Readers, r.base.Snapshots
+	st.Filter, st.Readers = r.st.Filter, r.st.Readers
 	r.st, r.reasons = st, rs
 	r.mu.Unlock()
 }
@@ -1597,8 +1657,14 @@ func (rd *replayReader) apply(subject string, h nats.Header, data []byte, seq ui
 		rd.reject(subject, seq, err)
 		return nil
 	}
-	if r.want != nil && !r.want[p] || r.floor != nil && seq <= r.floor[p] {
+	if r.want != nil && !r.want[p] {
 		return nil
+	}
+	if r.plan != nil && r.plan.manifests[p] != nil {
+		if seq <= r.plan.floor[p] {
+			return nil // in the snapshot
+		}
+		r.plan.noteTail(p, keyTok)
 	}
 	rec, err := r.l.codec.decode(r.ns, p, keyTok, h, data)
 	if err != nil {

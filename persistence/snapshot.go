@@ -116,11 +116,10 @@ func (m *snapManifest) header() string {
 	return string(b)
 }
 
-// snapChunk is one chunk message.
+// snapChunk is the header of one chunk message.
 type snapChunk struct {
 	id   string
 	i, n int
-	data []byte
 }
 
 // parseSnapshotHeader reads a SnapshotHeader into a manifest or a chunk.
@@ -524,93 +523,162 @@ func (l *RecordLog) readFiltered(ctx context.Context, stream, root, ns, tail str
 	return last, err
 }
 
-// snapshotRead is what the snapshot phase of a replay read.
-type snapshotRead struct {
-	floor      [partition.Partitions]uint64 // upto of each partition read from a snapshot, else 0
-	partitions int
-	st         ReplayStats
-	reasons    [reasons]int64
+// snapshotPlan is what a replay reads from snapshots: the fresh manifest
+// of each partition that has one. The log is read first, from the oldest
+// upto on, and each key it holds after its partition's upto is noted, so
+// that the snapshot's entry of that key is left out: for each key the
+// replay then hands over what a replay of the log alone would, whatever
+// the tail holds of it (a newer value, a delete, a record expired since,
+// a message it refuses).
+type snapshotPlan struct {
+	manifests map[int]*snapManifest
+	floor     [partition.Partitions]uint64 // upto of each planned partition, else 0
+	records   int64                        // the planned snapshots' records, for progress
+	rejected  int64
+	reasons   [reasons]int64
+
+	mu   sync.Mutex
+	tail map[int]map[string]bool // keys of the log's tail, by partition
 }
 
-// replaySnapshots hands fn the records of every wanted partition of ns
-// that has a fresh, whole snapshot, from readers goroutines at once when
-// readers > 1, and returns each one's floor: the log's messages of that
-// partition up to it are in the snapshot.
-func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, want *[partition.Partitions]bool, n, readers int, fn func(Record) error) (*snapshotRead, error) {
-	out := &snapshotRead{}
+// noteTail records that the log holds a message of key (still encoded)
+// in partition p after its snapshot.
+func (sp *snapshotPlan) noteTail(p int, keyTok string) {
+	var buf [128]byte
+	kb, ok := decodeKey(buf[:0], keyTok)
+	if !ok {
+		return // no key's message: a snapshot entry it could stand for has another key
+	}
+	sp.mu.Lock()
+	keys := sp.tail[p]
+	if keys == nil {
+		keys = map[string]bool{}
+		sp.tail[p] = keys
+	}
+	keys[string(kb)] = true
+	sp.mu.Unlock()
+}
+
+// planSnapshots reads the manifests of the wanted partitions of ns and
+// keeps the fresh ones.
+func (l *RecordLog) planSnapshots(ctx context.Context, ns string, want *[partition.Partitions]bool, n int) (*snapshotPlan, error) {
 	logID, last, err := l.logIdentity(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("persistence: replay %s: %w", ns, err)
 	}
 	nowMs := time.Now().UnixMilli()
-	type part struct {
-		m      *snapManifest
-		chunks map[int]*snapChunk
-		done   bool
+	sp := &snapshotPlan{manifests: map[int]*snapManifest{}, tail: map[int]map[string]bool{}}
+	_, err = l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "m", want, n, 0, func(m jetstream.Msg, _ uint64, p int, _ string) error {
+		man, _, err := parseSnapshotHeader(m.Headers().Get(SnapshotHeader))
+		if err == nil && man == nil {
+			err = fmt.Errorf("%w: a chunk header on manifest subject %q", ErrBadSnapshot, clipString(m.Subject()))
+		}
+		if err != nil {
+			sp.reject(l, ns, p, err)
+			return nil
+		}
+		if l.fresh(man, logID, last, nowMs) {
+			sp.manifests[p] = man
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistence: replay %s: snapshot manifests: %w", ns, err)
 	}
-	parts := map[int]*part{}
-	jobs := make(chan int, partition.Partitions)
+	for p, man := range sp.manifests {
+		sp.floor[p] = man.upto
+		sp.records += int64(man.records)
+	}
+	return sp, nil
+}
+
+// reject logs and counts a snapshot message or snapshot that is unusable.
+func (sp *snapshotPlan) reject(l *RecordLog, ns string, p int, err error) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.rejected++
+	reason := reasonOf(err)
+	sp.reasons[reason]++
+	l.metrics.Rejected.WithLabelValues(reasonNames[reason]).Inc()
+	if sp.rejected <= rejectLogMax {
+		l.c.Log.Warn("record replay: a snapshot is unusable; the partition is read from the log", "ns", ns, "partition", p, "err", err)
+	}
+}
+
+// replaySnapshots hands fn the records of the planned snapshots, less the
+// keys of the log's tail, from readers goroutines at once when readers >
+// 1. It returns what it read and the planned partitions whose snapshot
+// turned out not whole (rewritten meanwhile, or corrupt): the caller
+// reads those from the log. base is what the log's read handed over, for
+// progress.
+func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, sp *snapshotPlan, readers int, fn func(Record) error,
+	progress func(ReplayProgress), base ReplayStats, start time.Time) (ReplayStats, []int, error) {
 	var (
-		mu      sync.Mutex // guards out and firstEr
+		st      ReplayStats
+		mu      sync.Mutex // guards st, firstEr and the progress figures
 		firstEr error
 		wg      sync.WaitGroup
+		done    = map[int]bool{}
+		lastRep time.Time
 	)
-	reject := func(p int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		out.st.Rejected++
-		out.reasons[reasonOf(err)]++
-		l.metrics.Rejected.WithLabelValues(reasonNames[reasonOf(err)]).Inc()
-		if out.st.Rejected <= rejectLogMax {
-			l.c.Log.Warn("record replay: a snapshot is unusable; the partition is read from the log", "ns", ns, "partition", p, "err", err)
+	report := func(final bool) { // the caller holds mu
+		if progress == nil || !final && time.Since(lastRep) < progressEvery {
+			return
 		}
-	}
-	var pmu sync.Mutex // guards parts while workers take chunks
-	chunksOf := func(p int) [][]byte {
-		pmu.Lock()
-		defer pmu.Unlock()
-		pt := parts[p]
-		out := make([][]byte, pt.m.chunks)
-		for i := range out {
-			out[i] = pt.chunks[i].data
+		lastRep = time.Now()
+		pr := ReplayProgress{Records: base.Records + st.Records, Messages: base.Messages + st.Messages,
+			Bytes: base.Bytes + st.Bytes, Elapsed: time.Since(start), Percent: 100}
+		if !final && base.Messages+sp.records > 0 {
+			pr.Percent = float64(base.Messages+st.Records+st.Expired) / float64(base.Messages+sp.records) * 100
 		}
-		pt.chunks, pt.m = nil, &snapManifest{upto: pt.m.upto, records: pt.m.records}
-		return out
+		if s := pr.Elapsed.Seconds(); s > 0 {
+			pr.Rate = float64(pr.Records) / s
+		}
+		progress(pr)
 	}
+	type job struct {
+		p      int
+		chunks [][]byte
+	}
+	jobs := make(chan job, partition.Partitions)
 	for range max(readers, 1) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for p := range jobs {
+			for j := range jobs {
 				mu.Lock()
 				failed := firstEr != nil
 				mu.Unlock()
 				if failed {
 					continue // fn ended the replay: call it no more
 				}
-				pmu.Lock()
-				upto, records := parts[p].m.upto, parts[p].m.records
-				pmu.Unlock()
-				recs, err := l.codec.decodeSnapshot(ns, p, chunksOf(p))
-				if err == nil && len(recs) != records {
+				man := sp.manifests[j.p]
+				recs, err := l.codec.decodeSnapshot(ns, j.p, j.chunks)
+				if err == nil && len(recs) != man.records {
 					// A chunk cut after an entry reads as fewer records.
-					err = fmt.Errorf("%w: %d records, the manifest says %d", ErrBadSnapshot, len(recs), records)
+					err = fmt.Errorf("%w: %d records, the manifest says %d", ErrBadSnapshot, len(recs), man.records)
 				}
 				if err != nil {
-					reject(p, err)
+					sp.reject(l, ns, j.p, err)
 					continue
 				}
-				var expired, deleted int64
+				sp.mu.Lock()
+				inTail := sp.tail[j.p]
+				sp.mu.Unlock()
+				var records, expired, deleted int64
 				now := time.Now().UnixMilli()
 				for i := range recs {
 					r := &recs[i]
-					if !r.Expires.IsZero() && r.Expires.UnixMilli() <= now {
+					switch {
+					case inTail[r.Key]:
+						continue // the log holds a later message of the key
+					case !r.Expires.IsZero() && r.Expires.UnixMilli() <= now:
 						expired++
 						continue
-					}
-					if r.Deleted {
+					case r.Deleted:
 						deleted++
 					}
+					records++
 					if err := fn(*r); err != nil {
 						mu.Lock()
 						if firstEr == nil {
@@ -621,62 +689,68 @@ func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, want *[parti
 					}
 				}
 				mu.Lock()
-				out.floor[p] = upto
-				out.partitions++
-				out.st.Records += int64(len(recs)) - expired
-				out.st.Expired += expired
-				out.st.Deleted += deleted
+				done[j.p] = true
+				st.Snapshots++
+				st.Records += records
+				st.Expired += expired
+				st.Deleted += deleted
+				report(false)
 				mu.Unlock()
 			}
 		}()
 	}
-	ready := func(p int, pt *part) {
-		if pt.done || pt.m == nil || len(pt.chunks) < pt.m.chunks {
-			return
-		}
-		for i := range pt.m.chunks {
-			c := pt.chunks[i]
-			if c == nil || c.id != pt.m.id || c.n != pt.m.chunks {
-				return
-			}
-		}
-		pt.done = true
-		jobs <- p
+	type part struct {
+		chunks [][]byte
+		have   int
+		queued bool
 	}
-	_, err = l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "*", want, n, 0, func(m jetstream.Msg, seq uint64, p int, rest string) error {
-		man, ch, err := parseSnapshotHeader(m.Headers().Get(SnapshotHeader))
-		if err == nil && man == nil && rest != strconv.Itoa(ch.i) {
-			err = fmt.Errorf("%w: chunk %d under %q", ErrBadSnapshot, ch.i, clipString(m.Subject()))
+	parts := map[int]*part{}
+	for p, man := range sp.manifests {
+		parts[p] = &part{chunks: make([][]byte, man.chunks)}
+		if man.chunks == 0 {
+			parts[p].queued = true
+			jobs <- job{p: p}
 		}
-		if err == nil && man != nil && rest != "m" {
-			err = fmt.Errorf("%w: manifest under %q", ErrBadSnapshot, clipString(m.Subject()))
+	}
+	var want [partition.Partitions]bool
+	for p := range sp.manifests {
+		want[p] = true
+	}
+	_, err := l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "*", &want, len(sp.manifests), 0, func(m jetstream.Msg, seq uint64, p int, rest string) error {
+		if rest == "m" {
+			return nil // read before
 		}
-		if err != nil {
-			reject(p, err)
+		mu.Lock()
+		st.Messages++
+		st.Bytes += int64(len(m.Data()))
+		mu.Unlock()
+		pt, man := parts[p], sp.manifests[p]
+		if pt == nil || pt.queued {
 			return nil
 		}
-		pmu.Lock()
-		defer pmu.Unlock()
-		out.st.Messages++
-		pt := parts[p]
-		if pt == nil {
-			pt = &part{chunks: map[int]*snapChunk{}}
-			parts[p] = pt
+		_, ch, err := parseSnapshotHeader(m.Headers().Get(SnapshotHeader))
+		switch {
+		case err != nil:
+		case ch == nil:
+			err = fmt.Errorf("%w: a manifest header on chunk subject %q", ErrBadSnapshot, clipString(m.Subject()))
+		case rest != strconv.Itoa(ch.i):
+			err = fmt.Errorf("%w: chunk %d under %q", ErrBadSnapshot, ch.i, clipString(m.Subject()))
+		case ch.id != man.id || ch.n != man.chunks:
+			return nil // another snapshot's: this one is not whole, or no longer
 		}
-		if pt.done {
-			return nil // applied already: a later write of the same partition
+		if err != nil {
+			sp.reject(l, ns, p, err)
+			return nil
 		}
-		if man != nil {
-			if !l.fresh(man, logID, last, nowMs) {
-				return nil
-			}
-			pt.m = man
-		} else {
-			ch.data = m.Data()
-			out.st.Bytes += int64(len(ch.data))
-			pt.chunks[ch.i] = ch
+		if pt.chunks[ch.i] == nil {
+			pt.have++
 		}
-		ready(p, pt)
+		pt.chunks[ch.i] = m.Data()
+		if pt.have == man.chunks {
+			pt.queued = true
+			jobs <- job{p: p, chunks: pt.chunks}
+			pt.chunks = nil
+		}
 		return nil
 	})
 	close(jobs)
@@ -685,9 +759,16 @@ func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, want *[parti
 		err = firstEr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("persistence: replay %s from snapshots: %w", ns, err)
+		return st, nil, fmt.Errorf("persistence: replay %s from snapshots: %w", ns, err)
 	}
-	return out, nil
+	var failed []int
+	for p := range sp.manifests {
+		if !done[p] {
+			failed = append(failed, p)
+		}
+	}
+	slices.Sort(failed)
+	return st, failed, nil
 }
 
 // CompactStats is what one Compact did.
@@ -753,6 +834,9 @@ func (l *RecordLog) Compact(ctx context.Context, ns string, partitions []int) (C
 // tailOf is what the log holds of one partition after its snapshot.
 type tailOf struct {
 	entries map[string]*snapEntry // nil value: the key is gone
+	// deletes: the tail holds a message that may leave the log unseen (a
+	// tombstone, a record expiring soon) or that a replay refuses, so it
+	// is folded now.
 	deletes bool
 }
 
@@ -802,7 +886,11 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 			t.entries[key], t.deletes = nil, true
 			return nil
 		}
-		if r.Deleted {
+		// A delete, or a record expiring within a tombstone TTL, may
+		// leave the log before the next look at it: folded at once.
+		// (Every message stays at least a tombstone TTL, so one written
+		// since the last look is still here.)
+		if r.Deleted || !r.Expires.IsZero() && r.Expires.UnixMilli() < nowMs+l.cfg.TombstoneTTL.Milliseconds() {
 			t.deletes = true
 		}
 		t.entries[key] = &snapEntry{key: key, hdr: hv, data: m.Data(), seq: seq}
