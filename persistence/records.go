@@ -915,8 +915,8 @@ var errReplayDone = errors.New("replay done")
 // one to fn. Where the log keeps snapshots (snapshot.go) it reads the
 // log's messages written since each partition's snapshot, then the
 // snapshots less the keys those messages hold, so each key is handed over
-// as a replay of the log alone would (twice, the same message, only for a
-// partition whose snapshot turns out not whole, read from the log after).
+// as a replay of the log alone would, once (a partition whose snapshot
+// turns out not whole has the rest of its records read from the log).
 // By default fn is called from one goroutine; with ReplayReaders(n) the
 // log and the snapshots are read n at once and fn is called from up to n
 // goroutines at once (see there). It skips expired records. It hands over
@@ -1010,7 +1010,7 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 	// The log first, only its tail where there is a snapshot; then the
 	// snapshots, less the keys the tail held; then, from the log whole,
 	// the partitions whose snapshot turned out not whole.
-	st, rs, err := l.replayLog(ctx, ns, &want, n, fn, progress, readers, start, plan)
+	st, rs, err := l.replayLog(ctx, ns, &want, n, fn, progress, readers, start, plan, nil)
 	if err == nil && planned {
 		var ss ReplayStats
 		var failed []int
@@ -1024,7 +1024,8 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 			}
 			var fs ReplayStats
 			var frs [reasons]int64
-			fs, frs, err = l.replayLog(ctx, ns, &again, len(failed), fn, nil, readers, start, nil)
+			// Their tails were handed over already: the rest.
+			fs, frs, err = l.replayLog(ctx, ns, &again, len(failed), fn, nil, readers, start, nil, &sp.floor)
 			st = addReplayStats(st, fs)
 			for i := range rs {
 				rs[i] += frs[i]
@@ -1066,11 +1067,12 @@ func addReplayStats(a, b ReplayStats) ReplayStats {
 // replayLog reads the records of the wanted partitions of ns from the
 // log, and hands them to fn. With a plan it reads the planned partitions'
 // messages after their snapshot only, noting their keys, and leaves the
-// last progress report to the snapshots' read.
+// last progress report to the snapshots' read. With upTo it reads each
+// partition's messages up to that sequence only.
 func (l *RecordLog) replayLog(ctx context.Context, ns string, want *[partition.Partitions]bool, n int, fn func(Record) error,
-	progress func(ReplayProgress), readers int, start time.Time, plan *snapshotPlan) (ReplayStats, [reasons]int64, error) {
+	progress func(ReplayProgress), readers int, start time.Time, plan *snapshotPlan, upTo *[partition.Partitions]uint64) (ReplayStats, [reasons]int64, error) {
 	newReplay := func() *replay {
-		r := &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: start, readers: readers}
+		r := &replay{l: l, ns: ns, nsPrefix: l.codec.root + ns + ".", fn: fn, progress: progress, start: start, readers: readers, upTo: upTo}
 		if plan != nil {
 			// The log is read from the oldest snapshot's end on, and
 			// each partition's messages up to its own are skipped.
@@ -1147,9 +1149,12 @@ type replay struct {
 	// the log: their messages up to the snapshot's upto are skipped, the
 	// keys of the others noted. from is the first sequence to read, extra
 	// how many records the snapshots add (for the percentage).
-	plan     *snapshotPlan
-	from     uint64
-	extra    int64
+	plan  *snapshotPlan
+	from  uint64
+	extra int64
+	// upTo, when not nil, is the last sequence to hand over of each
+	// partition: the rest was, from the log's tail.
+	upTo     *[partition.Partitions]uint64
 	fn       func(Record) error
 	progress func(ReplayProgress)
 	start    time.Time
@@ -1477,12 +1482,7 @@ func (r *replay) finishStats() {
 			rs[i] += n
 		}
 		rd.mu.Unlock()
-		st.Records += s.Records
-		st.Deleted += s.Deleted
-		st.Expired += s.Expired
-		st.Rejected += s.Rejected
-		st.Messages += s.Messages
-		st.Bytes += s.Bytes
+		st = addReplayStats(st, s)
 	}
 	r.mu.Lock()
 	st.Filter, st.Readers = r.st.Filter, r.st.Readers
@@ -1657,7 +1657,7 @@ func (rd *replayReader) apply(subject string, h nats.Header, data []byte, seq ui
 		rd.reject(subject, seq, err)
 		return nil
 	}
-	if r.want != nil && !r.want[p] {
+	if r.want != nil && !r.want[p] || r.upTo != nil && seq > r.upTo[p] {
 		return nil
 	}
 	if r.plan != nil && r.plan.manifests[p] != nil {

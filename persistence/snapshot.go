@@ -900,7 +900,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 		return fmt.Errorf("persistence: compact %s: %w", ns, err)
 	}
 	upto := max(last, read)
-	var writes manifestWrites
+	var writes snapshotWrites
 	for _, p := range group {
 		cs.Partitions++
 		m, t := manifests[p], tails[p]
@@ -942,7 +942,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 			l.metrics.Snapshots.WithLabelValues("folded").Inc()
 		}
 	}
-	return writes.wait(ctx, ns)
+	return writes.wait(ctx, ns, "manifest")
 }
 
 // writeSnapshot writes partition p's snapshot up to upto: the entries of
@@ -950,7 +950,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 // tail over them, less what has expired. When old's chunks cannot be read
 // whole it drops old's manifest, so that the next Compact builds the
 // snapshot from the log.
-func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *snapManifest, tail map[string]*snapEntry, upto uint64, logID int64, checked time.Time, cs *CompactStats, writes *manifestWrites) error {
+func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *snapManifest, tail map[string]*snapEntry, upto uint64, logID int64, checked time.Time, cs *CompactStats, writes *snapshotWrites) error {
 	entries := map[string]*snapEntry{}
 	if old != nil {
 		for i := range old.chunks {
@@ -1005,7 +1005,7 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 	}
 	slices.Sort(keys) // the same records give the same bytes
 	id := nuid.Next()
-	var futures []jetstream.PubAckFuture
+	var futures snapshotWrites
 	chunk := make([]byte, 0, snapshotChunkBytes)
 	var chunks [][]byte
 	for _, k := range keys {
@@ -1029,14 +1029,8 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 		futures = append(futures, f)
 		cs.Bytes += int64(len(data))
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("persistence: compact %s: write chunk: %w", ns, err)
-		case <-ctx.Done():
-			return fmt.Errorf("persistence: compact %s: %w", ns, ctx.Err())
-		}
+	if err := futures.wait(ctx, ns, "chunk"); err != nil {
+		return err
 	}
 	ms := checked.UnixMilli()
 	m := &snapManifest{id: id, chunks: len(chunks), upto: upto, checked: ms, folded: ms, records: len(keys), logID: logID}
@@ -1057,11 +1051,12 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 	return nil
 }
 
-// manifestWrites are the manifests a Compact has sent and not yet seen
-// acknowledged: one round trip for all of them rather than one each.
-type manifestWrites []jetstream.PubAckFuture
+// snapshotWrites are the writes of the snapshot stream a Compact has sent
+// and not yet seen acknowledged: one round trip for all of them rather
+// than one each.
+type snapshotWrites []jetstream.PubAckFuture
 
-func (l *RecordLog) writeManifest(ns string, p int, m *snapManifest, w *manifestWrites) error {
+func (l *RecordLog) writeManifest(ns string, p int, m *snapManifest, w *snapshotWrites) error {
 	msg := &nats.Msg{Subject: l.manifestSubject(ns, p), Header: nats.Header{}}
 	msg.Header.Set(SnapshotHeader, m.header())
 	f, err := l.c.JS.PublishMsgAsync(msg)
@@ -1072,13 +1067,14 @@ func (l *RecordLog) writeManifest(ns string, p int, m *snapManifest, w *manifest
 	return nil
 }
 
-// wait waits for every manifest write's acknowledgement.
-func (w manifestWrites) wait(ctx context.Context, ns string) error {
+// wait waits for every write's acknowledgement; what names them in an
+// error.
+func (w snapshotWrites) wait(ctx context.Context, ns, what string) error {
 	for _, f := range w {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("persistence: compact %s: write manifest: %w", ns, err)
+			return fmt.Errorf("persistence: compact %s: write %s: %w", ns, what, err)
 		case <-ctx.Done():
 			return fmt.Errorf("persistence: compact %s: %w", ns, ctx.Err())
 		}

@@ -100,10 +100,8 @@ func writeMix(t *testing.T, l *persistence.RecordLog, ns string, keys []string, 
 	}
 }
 
-// replayWith collects a replay of ns made with opts: the last record
-// handed over of each key. A key may be handed over twice, from its
-// partition's snapshot and then from the log's tail; the second time with
-// a later sequence, never an earlier one.
+// replayWith collects a replay of ns made with opts: the record handed
+// over of each key, which must be handed over once.
 func replayWith(t *testing.T, l *persistence.RecordLog, ns string, parts []int, opts ...persistence.ReplayOption) (map[string]persistence.Record, persistence.ReplayStats) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
