@@ -443,7 +443,7 @@ type RecordMetrics struct {
 	// (a snapshot's message; its partition is read from the log).
 	Rejected *prometheus.CounterVec
 	// Snapshots counts partitions Compact looked at, by what it did:
-	// built, folded or checked.
+	// built, folded, checked or dropped (unreadable, built next time).
 	Snapshots *prometheus.CounterVec
 }
 
@@ -465,7 +465,7 @@ func NewRecordMetrics(reg prometheus.Registerer) *RecordMetrics {
 		}, []string{"reason"}),
 		Snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cachebus_persistence_snapshot_partitions_total",
-			Help: "Partitions whose record snapshot was brought up to date, by what it took: built (from the log), folded (the log's tail into a new one) or checked (the manifest only).",
+			Help: "Partitions whose record snapshot was brought up to date, by what it took: built (from the log), folded (the log's tail into a new one), checked (the manifest only) or dropped (unreadable, built next time).",
 		}, []string{"result"}),
 	}
 	if reg != nil {

@@ -81,6 +81,10 @@ const (
 	foldAfterRuns = 8
 )
 
+// errSnapshotDropped is writeSnapshot's word that it dropped a snapshot
+// it could not read rather than fold into it.
+var errSnapshotDropped = errors.New("persistence: snapshot dropped")
+
 // ErrBadSnapshot is a message of the snapshot stream that is not part of a
 // snapshot: a replay counts it in Rejected, reads the partition from the
 // log instead, and goes on.
@@ -774,9 +778,11 @@ func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, sp *snapshot
 // CompactStats is what one Compact did.
 type CompactStats struct {
 	// Partitions looked at; of them Built had no usable snapshot and got
-	// one from the log, Folded had their tail folded into a new one, and
-	// Checked only had their manifest rewritten.
-	Partitions, Built, Folded, Checked int
+	// one from the log, Folded had their tail folded into a new one,
+	// Checked only had their manifest rewritten, and Dropped had a
+	// snapshot whose chunks did not read whole, dropped for the next
+	// Compact to build.
+	Partitions, Built, Folded, Checked, Dropped int
 	// Records in the snapshots written (built and folded); Tail is the
 	// messages read from the log.
 	Records, Tail int64
@@ -935,7 +941,11 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 			cs.Checked++
 			l.metrics.Snapshots.WithLabelValues("checked").Inc()
 		default:
-			if err := l.writeSnapshot(ctx, ns, p, m, t.entries, upto, logID, checked, cs, &writes); err != nil {
+			err := l.writeSnapshot(ctx, ns, p, m, t.entries, upto, logID, checked, cs, &writes)
+			if errors.Is(err, errSnapshotDropped) {
+				continue
+			}
+			if err != nil {
 				return err
 			}
 			cs.Folded++
@@ -949,7 +959,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 // the snapshot of manifest old (none: nothing before), then those of the
 // tail over them, less what has expired. When old's chunks cannot be read
 // whole it drops old's manifest, so that the next Compact builds the
-// snapshot from the log.
+// snapshot from the log, and returns errSnapshotDropped.
 func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *snapManifest, tail map[string]*snapEntry, upto uint64, logID int64, checked time.Time, cs *CompactStats, writes *snapshotWrites) error {
 	entries := map[string]*snapEntry{}
 	if old != nil {
@@ -983,7 +993,9 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 				if perr := l.snap.Purge(pctx, jetstream.WithPurgeSubject(l.manifestSubject(ns, p))); perr != nil {
 					return fmt.Errorf("persistence: compact %s: drop snapshot of partition %d: %w", ns, p, perr)
 				}
-				return nil
+				cs.Dropped++
+				l.metrics.Snapshots.WithLabelValues("dropped").Inc()
+				return errSnapshotDropped
 			}
 		}
 	}

@@ -175,7 +175,7 @@ func compact(t *testing.T, l *persistence.RecordLog, ns string, parts []int) per
 	if err != nil {
 		t.Fatalf("compact %s: %v", ns, err)
 	}
-	if cs.Partitions != cs.Built+cs.Folded+cs.Checked {
+	if cs.Partitions != cs.Built+cs.Folded+cs.Checked+cs.Dropped {
 		t.Errorf("compact %s: %+v: partitions are not built, folded or checked", ns, cs)
 	}
 	return cs
@@ -1132,7 +1132,9 @@ func TestSnapshotFoldUnreadable(t *testing.T) {
 	f := manifest(t, c, ns, p)
 	publishSnap(t, c, chunkSubject(ns, p, 0), snapHeader("1 chunk id=SomeOtherSnapshot i=0 n=1"), []byte("garbage"))
 	del(t, l, ns, keys[0]) // a delete in the tail: the next Compact folds
-	compact(t, l, ns, []int{p})
+	if cs := compact(t, l, ns, []int{p}); cs.Dropped != 1 || cs.Folded != 0 {
+		t.Errorf("compaction over unreadable chunks: %+v, want it dropped, not folded", cs)
+	}
 	if m := manifest(t, c, ns, p); m != nil {
 		t.Errorf("manifest %v kept over chunks of another snapshot (was %v)", m, f)
 	}

@@ -56,9 +56,10 @@ func (s *Server) compact() {
 			return
 		case err != nil:
 			s.log.Warn("record snapshots not brought up to date; replays read more of the log until they are", "ns", ns, "partitions", len(parts), "err", err)
-		case cs.Built+cs.Folded > 0:
+		case cs.Built+cs.Folded+cs.Dropped > 0:
 			s.log.Info("record snapshots written", "ns", ns, "partitions", cs.Partitions, "built", cs.Built, "folded", cs.Folded,
-				"checked", cs.Checked, "records", cs.Records, "tail", cs.Tail, "bytes", cs.Bytes, "took", cs.Elapsed.Round(time.Millisecond))
+				"checked", cs.Checked, "dropped", cs.Dropped, "records", cs.Records, "tail", cs.Tail, "bytes", cs.Bytes,
+				"took", cs.Elapsed.Round(time.Millisecond))
 		default:
 			s.log.Debug("record snapshots checked", "ns", ns, "partitions", cs.Partitions, "took", cs.Elapsed.Round(time.Millisecond))
 		}
