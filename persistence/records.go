@@ -37,11 +37,14 @@ type RecordLogConfig struct {
 	Replicas      int           `envconfig:"RECORDS_REPLICAS" default:"1" desc:"JetStream replicas of the record log (3 on a three-node NATS cluster)"`
 	MaxBytes      int64         `envconfig:"RECORDS_MAX_BYTES" default:"-1" desc:"size limit of the record log in bytes; when it is full, long-term writes fail rather than older records being dropped (-1: none)"`
 	MaxAge        time.Duration `envconfig:"RECORDS_MAX_AGE" default:"0" desc:"age at which the record log drops a record whatever its TTL (0: never); with NATS servers before 2.11, which cannot expire single messages, set it above CACHEBUS_RECORD_MAX_TTL"`
-	TombstoneTTL  time.Duration `envconfig:"RECORDS_TOMBSTONE_TTL" default:"1m" desc:"how long the tombstone of a delete stays in the record log (at least 1s)"`
+	TombstoneTTL  time.Duration `envconfig:"RECORDS_TOMBSTONE_TTL" default:"10m" desc:"how long the tombstone of a delete stays in the record log, and any message at least (at least 1s); snapshots are trusted for half of it after their last check, so a whole tier restarted within that reads them"`
 	SnapshotEvery time.Duration `envconfig:"RECORDS_SNAPSHOT_EVERY" default:"15s" desc:"how often the primary of each partition folds the record log's new writes into the partition's snapshot, which a replay reads at memory speed before the log's tail (0: no snapshots, replays read every record from the log); below half of CACHEBUS_RECORDS_TOMBSTONE_TTL"`
 	Key           string        `envconfig:"RECORD_KEY" desc:"32 bytes in base64: long-term values are sealed with AES-256-GCM under this key before they reach JetStream (empty: stored in clear)"`
 	KeyPrevious   string        `envconfig:"RECORD_KEY_PREVIOUS" desc:"the key CACHEBUS_RECORD_KEY replaces, still used to open records sealed under it until cachebus rekey has rewritten them"`
 }
+
+// DefaultTombstoneTTL is CACHEBUS_RECORDS_TOMBSTONE_TTL's default.
+const DefaultTombstoneTTL = 10 * time.Minute
 
 // MaxRecordKeyLen is the longest key the record log takes, in bytes. The
 // key travels base64-encoded in the subject (4 bytes for 3), and a NATS
@@ -570,7 +573,7 @@ func openRecordLog(ctx context.Context, c *bus.Conn, cfg RecordLogConfig, config
 		cfg.Replicas = 1
 	}
 	if cfg.TombstoneTTL == 0 {
-		cfg.TombstoneTTL = time.Minute
+		cfg.TombstoneTTL = DefaultTombstoneTTL
 	}
 	if cfg.TombstoneTTL < time.Second {
 		return nil, fmt.Errorf("persistence: CACHEBUS_RECORDS_TOMBSTONE_TTL must be at least 1s, got %s", cfg.TombstoneTTL)

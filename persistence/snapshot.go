@@ -48,15 +48,17 @@ import (
 // SnapshotHeader is the header of every message of the snapshot stream:
 //
 //	"1 chunk id=<id> i=<i> n=<n>"
-//	"1 manifest id=<id> n=<n> upto=<seq> checked=<ms> folded=<ms> records=<k> log=<ns>"
+//	"1 manifest id=<id> n=<n> upto=<seq> checked=<ms> folded=<ms> records=<k> log=<ns> ttl=<ms>"
 //
 // where log is the creation time of the record log's stream in Unix
 // nanoseconds, so that a snapshot of a stream since deleted and created
-// again, whose sequences start over, is never taken for one of the new.
+// again, whose sequences start over, is never taken for one of the new;
+// and ttl the writer's tombstone TTL (optional).
 const SnapshotHeader = "Cachebus-Snapshot"
 
-// DefaultSnapshotEvery is CACHEBUS_RECORDS_SNAPSHOT_EVERY's default, a
-// quarter of the tombstones' default TTL.
+// DefaultSnapshotEvery is CACHEBUS_RECORDS_SNAPSHOT_EVERY's default: a
+// new write is folded into a snapshot within seconds, and a snapshot is
+// checked many times within half the tombstones' TTL (1m at the least).
 const DefaultSnapshotEvery = 15 * time.Second
 
 // snapshotFormat is the first word of SnapshotHeader.
@@ -99,6 +101,9 @@ type snapManifest struct {
 	folded  int64  // Unix ms of the last fold
 	records int
 	logID   int64 // the log stream's creation, Unix ns
+	// ttl is the writer's tombstone TTL in ms (0: not said): a reader
+	// trusts the snapshot for half of the shorter of its own and this.
+	ttl int64
 }
 
 func (m *snapManifest) header() string {
@@ -117,6 +122,10 @@ func (m *snapManifest) header() string {
 	b = strconv.AppendInt(b, int64(m.records), 10)
 	b = append(b, " log="...)
 	b = strconv.AppendInt(b, m.logID, 10)
+	if m.ttl > 0 {
+		b = append(b, " ttl="...)
+		b = strconv.AppendInt(b, m.ttl, 10)
+	}
 	return string(b)
 }
 
@@ -167,6 +176,13 @@ func parseSnapshotHeader(hv string) (*snapManifest, *snapChunk, error) {
 			}
 		}
 		m.upto, m.checked, m.folded, m.records, m.logID = v[0], int64(v[1]), int64(v[2]), int(v[3]), int64(v[4])
+		if _, ok := fields["ttl"]; ok {
+			ttl, err := num("ttl", 1<<63-1)
+			if err != nil {
+				return nil, nil, err
+			}
+			m.ttl = int64(ttl)
+		}
 		return m, nil, nil
 	case "chunk":
 		i, err := num("i", maxChunks)
@@ -354,8 +370,11 @@ func (l *RecordLog) chunkSubject(ns string, p, i int) string {
 // sequence last: checked recently enough that no tombstone written since
 // has left, for a log that is the one it was made of.
 func (l *RecordLog) fresh(m *snapManifest, logID int64, last uint64, nowMs int64) bool {
-	return m != nil && m.logID == logID && m.upto <= last &&
-		nowMs-m.checked < (l.cfg.TombstoneTTL/2).Milliseconds()
+	ttl := l.cfg.TombstoneTTL.Milliseconds()
+	if m != nil && m.ttl > 0 {
+		ttl = min(ttl, m.ttl) // the nodes' may be shorter than a tool's
+	}
+	return m != nil && m.logID == logID && m.upto <= last && nowMs-m.checked < ttl/2
 }
 
 // logIdentity reads the log stream's creation time and last sequence.
@@ -1069,6 +1088,7 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 type snapshotWrites []jetstream.PubAckFuture
 
 func (l *RecordLog) writeManifest(ns string, p int, m *snapManifest, w *snapshotWrites) error {
+	m.ttl = l.cfg.TombstoneTTL.Milliseconds()
 	msg := &nats.Msg{Subject: l.manifestSubject(ns, p), Header: nats.Header{}}
 	msg.Header.Set(SnapshotHeader, m.header())
 	f, err := l.c.JS.PublishMsgAsync(msg)

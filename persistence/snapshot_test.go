@@ -575,6 +575,37 @@ func TestSnapshotStale(t *testing.T) {
 	}
 }
 
+// TestSnapshotWritersTTL: a reader with a longer tombstone TTL than the
+// nodes that wrote a snapshot (a tool started without their settings)
+// trusts it only for half of theirs, which its manifest says.
+func TestSnapshotWritersTTL(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	const ttl = 2 * time.Second
+	node := openLog(t, c, persistence.RecordLogConfig{TombstoneTTL: ttl, SnapshotEvery: 500 * time.Millisecond})
+	tool := openLog(t, c, snapConfig(""))
+	const ns = "s"
+	keys := keysIn("k", all[:4], 10)
+	parts := partitionsOf(keys)
+	for _, k := range keys {
+		put(t, node, ns, k, "v "+k, time.Time{})
+	}
+	start := time.Now()
+	compact(t, node, ns, parts)
+	if m := manifest(t, c, ns, parts[0]); fieldInt(t, m, "ttl") != ttl.Milliseconds() {
+		t.Fatalf("manifest %v, want ttl=%d", m, ttl.Milliseconds())
+	}
+	checked := time.UnixMilli(fieldInt(t, manifest(t, c, ns, parts[0]), "checked"))
+	_, st, _ := snapshotMatchesLog(t, tool, ns, parts)
+	if time.Since(start) < ttl/2-100*time.Millisecond && st.Snapshots != len(parts) {
+		t.Errorf("fresh snapshots not read by the tool: %+v", st)
+	}
+	bustest.WaitFor(t, 10*time.Second, "the snapshots to go stale by the nodes' TTL", func() bool { return time.Since(checked) > ttl/2 })
+	if _, st, _ := snapshotMatchesLog(t, tool, ns, parts); st.Snapshots != 0 {
+		t.Errorf("a tool with a 1h tombstone TTL read snapshots of nodes with %s, checked %s ago: %+v", ttl, time.Since(checked), st)
+	}
+}
+
 // TestSnapshotBadInput: foreign and corrupt messages in the snapshot
 // stream never fail a replay: the partitions they spoil are read from the
 // log, every record is handed over all the same, and the bad messages
@@ -746,7 +777,7 @@ func TestSnapshotsOff(t *testing.T) {
 		{"negative interval", persistence.RecordLogConfig{SnapshotEvery: -time.Second, TombstoneTTL: time.Minute}, 0},
 		{"half the tombstone TTL", persistence.RecordLogConfig{SnapshotEvery: 30 * time.Second, TombstoneTTL: time.Minute}, 0},
 		{"above the tombstone TTL", persistence.RecordLogConfig{SnapshotEvery: 2 * time.Minute, TombstoneTTL: time.Minute}, 0},
-		{"default TTL, every 30s", persistence.RecordLogConfig{SnapshotEvery: 30 * time.Second}, 0},
+		{"default TTL, every 5m", persistence.RecordLogConfig{SnapshotEvery: 5 * time.Minute}, 0},
 		{"max age", persistence.RecordLogConfig{SnapshotEvery: time.Second, TombstoneTTL: time.Minute, MaxAge: time.Hour}, 0},
 	}
 	for _, tc := range cases {
