@@ -546,63 +546,51 @@ func TestSnapshotDeleteNotResurrected(t *testing.T) {
 // TestSnapshotStale: a snapshot last checked more than half the
 // tombstones' TTL ago is not read, as a tombstone written since may have
 // left the log; every record is read from the log instead, and the next
-// Compact builds the snapshot anew.
+// Compact builds the snapshot anew. A reader with a longer TTL than the
+// nodes that wrote the snapshot (a tool started without their settings)
+// goes by theirs, which the manifest says.
 func TestSnapshotStale(t *testing.T) {
-	tg := bustest.Embedded(t)
-	c := bustest.Connect(t, tg.URL)
 	const ttl = 2 * time.Second
-	l := openLog(t, c, persistence.RecordLogConfig{TombstoneTTL: ttl, SnapshotEvery: 500 * time.Millisecond})
-	const ns = "s"
-	keys := keysIn("k", all[:4], 10)
-	parts := partitionsOf(keys)
-	for _, k := range keys {
-		put(t, l, ns, k, "v "+k, time.Time{})
-	}
-	start := time.Now()
-	compact(t, l, ns, parts)
-	checked := time.UnixMilli(fieldInt(t, manifest(t, c, ns, parts[0]), "checked"))
-	_, st, _ := snapshotMatchesLog(t, l, ns, parts)
-	if time.Since(start) < ttl/2-100*time.Millisecond && st.Snapshots != len(parts) {
-		t.Errorf("fresh snapshots not read: %+v", st)
-	}
-	bustest.WaitFor(t, 10*time.Second, "the snapshots to go stale", func() bool { return time.Since(checked) > ttl/2 })
-	got, st, _ := snapshotMatchesLog(t, l, ns, parts)
-	if st.Snapshots != 0 || len(got) != len(keys) || st.Records != int64(len(keys)) {
-		t.Errorf("stale snapshots: %d records, %+v; want %d from the log alone", len(got), st, len(keys))
-	}
-	if cs := compact(t, l, ns, parts); cs.Built != len(parts) {
-		t.Errorf("compaction of stale snapshots: %+v, want them built anew", cs)
-	}
-}
-
-// TestSnapshotWritersTTL: a reader with a longer tombstone TTL than the
-// nodes that wrote a snapshot (a tool started without their settings)
-// trusts it only for half of theirs, which its manifest says.
-func TestSnapshotWritersTTL(t *testing.T) {
-	tg := bustest.Embedded(t)
-	c := bustest.Connect(t, tg.URL)
-	const ttl = 2 * time.Second
-	node := openLog(t, c, persistence.RecordLogConfig{TombstoneTTL: ttl, SnapshotEvery: 500 * time.Millisecond})
-	tool := openLog(t, c, snapConfig(""))
-	const ns = "s"
-	keys := keysIn("k", all[:4], 10)
-	parts := partitionsOf(keys)
-	for _, k := range keys {
-		put(t, node, ns, k, "v "+k, time.Time{})
-	}
-	start := time.Now()
-	compact(t, node, ns, parts)
-	if m := manifest(t, c, ns, parts[0]); fieldInt(t, m, "ttl") != ttl.Milliseconds() {
-		t.Fatalf("manifest %v, want ttl=%d", m, ttl.Milliseconds())
-	}
-	checked := time.UnixMilli(fieldInt(t, manifest(t, c, ns, parts[0]), "checked"))
-	_, st, _ := snapshotMatchesLog(t, tool, ns, parts)
-	if time.Since(start) < ttl/2-100*time.Millisecond && st.Snapshots != len(parts) {
-		t.Errorf("fresh snapshots not read by the tool: %+v", st)
-	}
-	bustest.WaitFor(t, 10*time.Second, "the snapshots to go stale by the nodes' TTL", func() bool { return time.Since(checked) > ttl/2 })
-	if _, st, _ := snapshotMatchesLog(t, tool, ns, parts); st.Snapshots != 0 {
-		t.Errorf("a tool with a 1h tombstone TTL read snapshots of nodes with %s, checked %s ago: %+v", ttl, time.Since(checked), st)
+	writer := persistence.RecordLogConfig{TombstoneTTL: ttl, SnapshotEvery: 500 * time.Millisecond}
+	for _, tc := range []struct {
+		name   string
+		reader persistence.RecordLogConfig
+	}{
+		{"the writer itself", writer},
+		{"a reader with a longer TTL", snapConfig("")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := bustest.Embedded(t)
+			c := bustest.Connect(t, tg.URL)
+			l := openLog(t, c, writer)
+			reader := openLog(t, c, tc.reader)
+			const ns = "s"
+			keys := keysIn("k", all[:4], 10)
+			parts := partitionsOf(keys)
+			for _, k := range keys {
+				put(t, l, ns, k, "v "+k, time.Time{})
+			}
+			start := time.Now()
+			compact(t, l, ns, parts)
+			m := manifest(t, c, ns, parts[0])
+			if fieldInt(t, m, "ttl") != ttl.Milliseconds() {
+				t.Fatalf("manifest %v, want ttl=%d", m, ttl.Milliseconds())
+			}
+			checked := time.UnixMilli(fieldInt(t, m, "checked"))
+			_, st, _ := snapshotMatchesLog(t, reader, ns, parts)
+			if time.Since(start) < ttl/2-100*time.Millisecond && st.Snapshots != len(parts) {
+				t.Errorf("fresh snapshots not read: %+v", st)
+			}
+			bustest.WaitFor(t, 10*time.Second, "the snapshots to go stale", func() bool { return time.Since(checked) > ttl/2 })
+			got, st, _ := snapshotMatchesLog(t, reader, ns, parts)
+			if st.Snapshots != 0 || len(got) != len(keys) || st.Records != int64(len(keys)) {
+				t.Errorf("stale snapshots, checked %s ago: %d records, %+v; want %d from the log alone",
+					time.Since(checked), len(got), st, len(keys))
+			}
+			if cs := compact(t, l, ns, parts); cs.Built != len(parts) {
+				t.Errorf("compaction of stale snapshots: %+v, want them built anew", cs)
+			}
+		})
 	}
 }
 
