@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,11 +189,6 @@ func (rc *RecordCodec) Subject(ns string, p int, key string) string {
 // namespaceFilter matches every record of ns. Not "<ns>.>": servers
 // before 2.10 refuse it as no subset of the stream's "*.*.*".
 func (rc *RecordCodec) namespaceFilter(ns string) string { return rc.root + ns + ".*.*" }
-
-// partitionFilter matches every record of ns in partition p.
-func (rc *RecordCodec) partitionFilter(ns string, p int) string {
-	return rc.root + ns + "." + partitionToken(p) + ".*"
-}
 
 func partitionToken(p int) string {
 	const digits = "0123456789"
@@ -649,6 +646,11 @@ func (l *RecordLog) Codec() *RecordCodec { return l.codec }
 // LongTerm reports whether namespace ns is long-term (CACHEBUS_LONG_TERM).
 func (l *RecordLog) LongTerm(ns string) bool { return l.longTerm[ns] }
 
+// Namespaces lists the long-term namespaces, sorted.
+func (l *RecordLog) Namespaces() []string {
+	return slices.Sorted(maps.Keys(l.longTerm))
+}
+
 // Sealed reports whether values are sealed before they reach JetStream.
 // Without a key records at rest, which may hold session tokens, are in
 // clear: a daemon warns at start when it has long-term namespaces and
@@ -925,8 +927,8 @@ var errReplayDone = errors.New("replay done")
 // goroutines at once (see there). It skips expired records. It hands over
 // tombstones (Deleted, no Value) that have not expired, so a caller that
 // already holds some of these keys removes them and keeps the version
-// that deleted them; a caller starting empty may ignore them. A message that is not a record, or whose value does not
-// open, is logged, counted in Rejected and skipped. fn returning an error
+// that deleted them; a caller starting empty may ignore them. A message
+// that is not a record, or whose value does not open, is logged, counted in Rejected and skipped. fn returning an error
 // ends the replay with it. progress, when not nil, is called at most
 // every 250ms and once at the end, never from two goroutines at once.
 //
@@ -1005,16 +1007,15 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 			return ReplayStats{}, none, err
 		}
 	}
-	planned := sp != nil && len(sp.manifests) > 0
-	var plan *snapshotPlan
-	if planned {
-		plan = sp
+	plan := sp // nil when no partition has a snapshot to read
+	if sp != nil && len(sp.manifests) == 0 {
+		plan = nil
 	}
 	// The log first, only its tail where there is a snapshot; then the
 	// snapshots, less the keys the tail held; then, from the log whole,
 	// the partitions whose snapshot turned out not whole.
 	st, rs, err := l.replayLog(ctx, ns, &want, n, fn, progress, readers, start, plan, nil)
-	if err == nil && planned {
+	if err == nil && plan != nil {
 		var ss ReplayStats
 		var failed []int
 		ss, failed, err = l.replaySnapshots(ctx, ns, sp, readers, fn, progress, st, start)
@@ -1042,7 +1043,7 @@ func (l *RecordLog) replay(ctx context.Context, ns string, partitions []int, fn 
 		}
 	}
 	st.Elapsed = time.Since(start)
-	if planned && progress != nil && err == nil {
+	if plan != nil && progress != nil && err == nil {
 		progress(ReplayProgress{Records: st.Records, Messages: st.Messages, Bytes: st.Bytes, Elapsed: st.Elapsed,
 			Rate: st.Rate(), Percent: 100})
 	}
@@ -1090,22 +1091,15 @@ func (l *RecordLog) replayLog(ctx context.Context, ns string, want *[partition.P
 		return r
 	}
 	r := newReplay()
-	var filters []string
+	filters, here := l.partitionFilters(l.codec.root, ns, "*", want, n)
 	switch {
 	case n == partition.Partitions:
 		r.st.Filter = "all"
-		filters = []string{l.codec.namespaceFilter(ns)}
-	case n <= multiFilterMax && !l.noMultiFilter.Load() && multiFilterServer(l.c.NC):
+	case here == nil:
 		r.st.Filter = "subjects"
-		for p := range want {
-			if want[p] {
-				filters = append(filters, l.codec.partitionFilter(ns, p))
-			}
-		}
 	default:
 		r.st.Filter = "namespace"
-		r.want = want
-		filters = []string{l.codec.namespaceFilter(ns)}
+		r.want = here
 	}
 	err := r.run(ctx, filters)
 	if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
@@ -1232,7 +1226,6 @@ func (r *replay) report(final bool) {
 		// Never back: a write made meanwhile adds to what is pending.
 		r.percent = max(r.percent, float64(p.Messages)/float64(p.Messages+int64(pending)+r.extra)*100)
 	}
-
 	p.Percent = r.percent
 	if s := p.Elapsed.Seconds(); s > 0 {
 		p.Rate = float64(p.Records) / s
@@ -1310,7 +1303,7 @@ func (r *replay) run(ctx context.Context, filters []string) error {
 		whole, err := l.c.JS.OrderedConsumer(actx, l.name, cfg)
 		acancel()
 		if err == nil {
-			l.deleteConsumer(ci.Name)
+			l.deleteConsumer(l.name, ci.Name)
 			cons, r.otherNS = whole, true
 			r.st.Filter = "stream"
 		}
@@ -1466,7 +1459,7 @@ func (r *replay) stop() {
 		rd.mu.Unlock()
 		if rd.cons != nil {
 			if ci := rd.cons.CachedInfo(); ci != nil {
-				r.l.deleteConsumer(ci.Name)
+				r.l.deleteConsumer(r.l.name, ci.Name)
 			}
 			rd.cons = nil
 		}
@@ -1511,14 +1504,15 @@ func (l *RecordLog) namespaceBounds(ctx context.Context, ns string, first, last 
 	return lo.Sequence, hi.Sequence
 }
 
-// deleteConsumer deletes a replay's consumer in the background. The
-// server would drop it after its InactiveThreshold; a node replaying
-// often need not leave them behind meanwhile.
-func (l *RecordLog) deleteConsumer(name string) {
+// deleteConsumer deletes a replay's or a compaction's consumer of stream
+// in the background. The server would drop it after its
+// InactiveThreshold; a node replaying often need not leave them behind
+// meanwhile.
+func (l *RecordLog) deleteConsumer(stream, name string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = l.c.JS.DeleteConsumer(ctx, l.name, name)
+		_ = l.c.JS.DeleteConsumer(ctx, stream, name)
 	}()
 }
 
@@ -1663,7 +1657,7 @@ func (rd *replayReader) apply(subject string, h nats.Header, data []byte, seq ui
 	if r.want != nil && !r.want[p] || r.upTo != nil && seq > r.upTo[p] {
 		return nil
 	}
-	if r.plan != nil && r.plan.manifests[p] != nil {
+	if r.plan != nil && r.plan.has[p] {
 		if seq <= r.plan.floor[p] {
 			return nil // in the snapshot
 		}
@@ -1767,7 +1761,7 @@ func (l *RecordLog) Rekey(ctx context.Context, ns string, progress func(ReplayPr
 		pending = pending[:0]
 		return nil
 	}
-	st, reasons, err := l.replay(ctx, ns, allPartitionList(), func(r Record) error {
+	st, reasons, err := l.replay(ctx, ns, partition.All(), func(r Record) error {
 		if r.Deleted || r.KeyID == cur.id {
 			return nil
 		}
@@ -1811,12 +1805,4 @@ func (l *RecordLog) Rekey(ctx context.Context, ns string, progress func(ReplayPr
 			ns, st.Rejected, unopened)
 	}
 	return rewritten, nil
-}
-
-func allPartitionList() []int {
-	ps := make([]int, partition.Partitions)
-	for i := range ps {
-		ps[i] = i
-	}
-	return ps
 }

@@ -9,12 +9,13 @@ package persistence
 //
 // A snapshot is always a fold of the log itself up to a sequence (upto),
 // never a copy of a node's memory, so it holds exactly what a replay of
-// the log up to there would hand over. A replay applies the snapshot and
-// then the log's messages of that partition after upto. What could make
-// the two differ is a message that leaves the log without a trace: a
-// tombstone whose TTL ends. So a snapshot counts only while every
-// tombstone written after its last check is still in the log: for half of
-// CACHEBUS_RECORDS_TOMBSTONE_TTL after that check. A server that cannot
+// the log up to there would hand over. A replay reads the log's messages
+// of that partition after upto, then the snapshot less the keys those
+// messages hold. What could make the two differ is a message that leaves
+// the log without a trace: a tombstone, or a record over one of the
+// snapshot's, whose TTL ends. Every message stays in the log a tombstone
+// TTL at least, and a snapshot counts only for half of
+// CACHEBUS_RECORDS_TOMBSTONE_TTL after its last check. A server that cannot
 // expire single messages (before 2.11) deletes by purging, which leaves no
 // trace at all, and a log with a maximum age drops records unseen: in
 // either case there are no snapshots.
@@ -408,7 +409,7 @@ func (l *RecordLog) readAll(ctx context.Context, stream string, filters []string
 	}
 	ci := cons.CachedInfo()
 	if ci != nil {
-		defer l.deleteConsumerOf(stream, ci.Name)
+		defer l.deleteConsumer(stream, ci.Name)
 	}
 	if ci == nil || ci.NumPending == 0 {
 		return 0, nil
@@ -491,15 +492,6 @@ func (l *RecordLog) readAll(ctx context.Context, stream string, filters []string
 	}
 }
 
-// deleteConsumerOf is deleteConsumer for any stream.
-func (l *RecordLog) deleteConsumerOf(stream, name string) {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = l.c.JS.DeleteConsumer(ctx, stream, name)
-	}()
-}
-
 // partitionFilters are the filter subjects that read partitions want of
 // namespace ns under root (either stream's): one per partition when the
 // server can take them, else the whole namespace (nil want: filter here).
@@ -520,8 +512,9 @@ func (l *RecordLog) partitionFilters(root, ns, tail string, want *[partition.Par
 }
 
 // readFiltered is readAll over the filters of partitionFilters, falling
-// back to one namespace filter on a server that refuses several. keep
-// says whether a message of partition p is wanted.
+// back to one namespace filter on a server that refuses several. fn gets
+// the messages of wanted partitions only, with what follows the
+// partition in their subject.
 func (l *RecordLog) readFiltered(ctx context.Context, stream, root, ns, tail string, want *[partition.Partitions]bool, n int, start uint64,
 	fn func(m jetstream.Msg, seq uint64, p int, rest string) error) (uint64, error) {
 	filters, here := l.partitionFilters(root, ns, tail, want, n)
@@ -555,6 +548,7 @@ func (l *RecordLog) readFiltered(ctx context.Context, stream, root, ns, tail str
 // a message it refuses).
 type snapshotPlan struct {
 	manifests map[int]*snapManifest
+	has       [partition.Partitions]bool   // of manifests, for the log's hot path
 	floor     [partition.Partitions]uint64 // upto of each planned partition, else 0
 	records   int64                        // the planned snapshots' records, for progress
 	rejected  int64
@@ -589,30 +583,42 @@ func (l *RecordLog) planSnapshots(ctx context.Context, ns string, want *[partiti
 	if err != nil {
 		return nil, fmt.Errorf("persistence: replay %s: %w", ns, err)
 	}
+	sp := &snapshotPlan{tail: map[int]map[string]bool{}}
+	sp.manifests, err = l.freshManifests(ctx, ns, want, n, logID, last, func(p int, err error) { sp.reject(l, ns, p, err) })
+	if err != nil {
+		return nil, fmt.Errorf("persistence: replay %s: %w", ns, err)
+	}
+	for p, man := range sp.manifests {
+		sp.has[p], sp.floor[p] = true, man.upto
+		sp.records += int64(man.records)
+	}
+	return sp, nil
+}
+
+// freshManifests reads the manifests of the wanted partitions of ns and
+// returns the fresh ones (see fresh) for the log of identity logID at
+// sequence last; bad, when not nil, is told of each that does not parse.
+func (l *RecordLog) freshManifests(ctx context.Context, ns string, want *[partition.Partitions]bool, n int, logID int64, last uint64,
+	bad func(p int, err error)) (map[int]*snapManifest, error) {
 	nowMs := time.Now().UnixMilli()
-	sp := &snapshotPlan{manifests: map[int]*snapManifest{}, tail: map[int]map[string]bool{}}
-	_, err = l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "m", want, n, 0, func(m jetstream.Msg, _ uint64, p int, _ string) error {
+	manifests := map[int]*snapManifest{}
+	_, err := l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "m", want, n, 0, func(m jetstream.Msg, _ uint64, p int, _ string) error {
 		man, _, err := parseSnapshotHeader(m.Headers().Get(SnapshotHeader))
 		if err == nil && man == nil {
 			err = fmt.Errorf("%w: a chunk header on manifest subject %q", ErrBadSnapshot, clipString(m.Subject()))
 		}
-		if err != nil {
-			sp.reject(l, ns, p, err)
-			return nil
-		}
-		if l.fresh(man, logID, last, nowMs) {
-			sp.manifests[p] = man
+		switch {
+		case err != nil && bad != nil:
+			bad(p, err)
+		case err == nil && l.fresh(man, logID, last, nowMs):
+			manifests[p] = man
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("persistence: replay %s: snapshot manifests: %w", ns, err)
+		return nil, fmt.Errorf("snapshot manifests: %w", err)
 	}
-	for p, man := range sp.manifests {
-		sp.floor[p] = man.upto
-		sp.records += int64(man.records)
-	}
-	return sp, nil
+	return manifests, nil
 }
 
 // reject logs and counts a snapshot message or snapshot that is unusable.
@@ -834,22 +840,9 @@ func (l *RecordLog) Compact(ctx context.Context, ns string, partitions []int) (C
 			return cs, fmt.Errorf("persistence: compact %s: partition must be 0 to %d, got %d", ns, partition.Partitions-1, p)
 		}
 	}
-	manifests := map[int]*snapManifest{}
-	var all [partition.Partitions]bool
-	for _, p := range ps {
-		all[p] = true
-	}
-	if _, err := l.readFiltered(ctx, l.snapName, l.snapRoot, ns, "m", &all, len(ps), 0, func(m jetstream.Msg, _ uint64, p int, _ string) error {
-		if man, _, err := parseSnapshotHeader(m.Headers().Get(SnapshotHeader)); err == nil && man != nil {
-			manifests[p] = man
-		}
-		return nil
-	}); err != nil {
-		return cs, fmt.Errorf("persistence: compact %s: manifests: %w", ns, err)
-	}
 	// One pass over the log for every partition: each pass of a
 	// consumer filtered by subjects scans the whole stream on the server.
-	if err := l.compactPartitions(ctx, ns, ps, manifests, &cs); err != nil {
+	if err := l.compactPartitions(ctx, ns, ps, &cs); err != nil {
 		return cs, err
 	}
 	cs.Elapsed = time.Since(start)
@@ -859,13 +852,13 @@ func (l *RecordLog) Compact(ctx context.Context, ns string, partitions []int) (C
 // tailOf is what the log holds of one partition after its snapshot.
 type tailOf struct {
 	entries map[string]*snapEntry // nil value: the key is gone
-	// deletes: the tail holds a message that may leave the log unseen (a
-	// tombstone, a record expiring soon) or that a replay refuses, so it
-	// is folded now.
-	deletes bool
+	// foldNow: the tail holds a message that may leave the log unseen (a
+	// tombstone, a record expiring soon) or that a replay refuses.
+	foldNow bool
 }
 
-func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []int, manifests map[int]*snapManifest, cs *CompactStats) error {
+// compactPartitions is Compact of the sorted partitions ps.
+func (l *RecordLog) compactPartitions(ctx context.Context, ns string, ps []int, cs *CompactStats) error {
 	checked := time.Now()
 	logID, last, err := l.logIdentity(ctx)
 	if err != nil {
@@ -873,19 +866,24 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 	}
 	nowMs := checked.UnixMilli()
 	var want [partition.Partitions]bool
+	for _, p := range ps {
+		want[p] = true
+	}
+	// A snapshot no longer fresh is built again from the log.
+	manifests, err := l.freshManifests(ctx, ns, &want, len(ps), logID, last, nil)
+	if err != nil {
+		return fmt.Errorf("persistence: compact %s: %w", ns, err)
+	}
 	var floor [partition.Partitions]uint64
 	from := last + 1
-	for _, p := range group {
-		want[p] = true
-		if m := manifests[p]; l.fresh(m, logID, last, nowMs) {
+	for _, p := range ps {
+		if m := manifests[p]; m != nil {
 			floor[p] = m.upto
-		} else {
-			delete(manifests, p)
 		}
 		from = min(from, floor[p]+1)
 	}
 	tails := map[int]*tailOf{}
-	read, err := l.readFiltered(ctx, l.name, l.codec.root, ns, "*", &want, len(group), from, func(m jetstream.Msg, seq uint64, p int, keyTok string) error {
+	read, err := l.readFiltered(ctx, l.name, l.codec.root, ns, "*", &want, len(ps), from, func(m jetstream.Msg, seq uint64, p int, keyTok string) error {
 		if seq <= floor[p] {
 			return nil
 		}
@@ -908,7 +906,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 			// A server's marker, or a message a replay refuses: the key
 			// has no record either way. Folded at once, so that the
 			// snapshot's older record of the key goes too.
-			t.entries[key], t.deletes = nil, true
+			t.entries[key], t.foldNow = nil, true
 			return nil
 		}
 		// A delete, or a record expiring within a tombstone TTL, may
@@ -916,7 +914,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 		// (Every message stays at least a tombstone TTL, so one written
 		// since the last look is still here.)
 		if r.Deleted || !r.Expires.IsZero() && r.Expires.UnixMilli() < nowMs+l.cfg.TombstoneTTL.Milliseconds() {
-			t.deletes = true
+			t.foldNow = true
 		}
 		t.entries[key] = &snapEntry{key: key, hdr: hv, data: m.Data(), seq: seq}
 		return nil
@@ -926,7 +924,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 	}
 	upto := max(last, read)
 	var writes snapshotWrites
-	for _, p := range group {
+	for _, p := range ps {
 		cs.Partitions++
 		m, t := manifests[p], tails[p]
 		switch {
@@ -948,7 +946,7 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 			}
 			cs.Checked++
 			l.metrics.Snapshots.WithLabelValues("checked").Inc()
-		case !t.deletes && len(t.entries) < max(foldMinTail, m.records/foldShare) &&
+		case !t.foldNow && len(t.entries) < max(foldMinTail, m.records/foldShare) &&
 			nowMs-m.folded < int64(foldAfterRuns)*l.cfg.SnapshotEvery.Milliseconds():
 			// The tail stays in the log, read after the snapshot; it
 			// holds no tombstone that could leave unseen.
@@ -982,40 +980,18 @@ func (l *RecordLog) compactPartitions(ctx context.Context, ns string, group []in
 func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *snapManifest, tail map[string]*snapEntry, upto uint64, logID int64, checked time.Time, cs *CompactStats, writes *snapshotWrites) error {
 	entries := map[string]*snapEntry{}
 	if old != nil {
-		for i := range old.chunks {
-			gctx, cancel := context.WithTimeout(ctx, replayAPITimeout)
-			raw, err := l.snap.GetLastMsgForSubject(gctx, l.chunkSubject(ns, p, i))
+		var err error
+		if entries, err = l.snapshotEntries(ctx, ns, p, old); err != nil {
+			l.c.Log.Warn("record snapshot: unreadable; dropped, the next compaction builds it from the log", "ns", ns, "partition", p, "err", err)
+			pctx, cancel := context.WithTimeout(ctx, replayAPITimeout)
+			perr := l.snap.Purge(pctx, jetstream.WithPurgeSubject(l.manifestSubject(ns, p)))
 			cancel()
-			var ch *snapChunk
-			if err == nil {
-				_, ch, err = parseSnapshotHeader(raw.Header.Get(SnapshotHeader))
+			if perr != nil {
+				return fmt.Errorf("persistence: compact %s: drop snapshot of partition %d: %w", ns, p, perr)
 			}
-			if err == nil && (ch == nil || ch.id != old.id || ch.i != i || ch.n != old.chunks) {
-				err = fmt.Errorf("%w: chunk %d is not of snapshot %s", ErrBadSnapshot, i, old.id)
-			}
-			for b := []byte(nil); err == nil; {
-				if b == nil {
-					b = raw.Data
-				}
-				if len(b) == 0 {
-					break
-				}
-				var e snapEntry
-				if e, b, err = nextSnapEntry(b); err == nil {
-					entries[e.key] = &e
-				}
-			}
-			if err != nil {
-				l.c.Log.Warn("record snapshot: unreadable; dropped, the next compaction builds it from the log", "ns", ns, "partition", p, "err", err)
-				pctx, cancel := context.WithTimeout(ctx, replayAPITimeout)
-				defer cancel()
-				if perr := l.snap.Purge(pctx, jetstream.WithPurgeSubject(l.manifestSubject(ns, p))); perr != nil {
-					return fmt.Errorf("persistence: compact %s: drop snapshot of partition %d: %w", ns, p, perr)
-				}
-				cs.Dropped++
-				l.metrics.Snapshots.WithLabelValues("dropped").Inc()
-				return errSnapshotDropped
-			}
+			cs.Dropped++
+			l.metrics.Snapshots.WithLabelValues("dropped").Inc()
+			return errSnapshotDropped
 		}
 	}
 	for k, e := range tail {
@@ -1080,6 +1056,35 @@ func (l *RecordLog) writeSnapshot(ctx context.Context, ns string, p int, old *sn
 		}
 	}
 	return nil
+}
+
+// snapshotEntries reads the entries of partition p's snapshot of manifest
+// m, by key; any chunk missing, of another snapshot or corrupt is an
+// error.
+func (l *RecordLog) snapshotEntries(ctx context.Context, ns string, p int, m *snapManifest) (map[string]*snapEntry, error) {
+	entries := map[string]*snapEntry{}
+	for i := range m.chunks {
+		gctx, cancel := context.WithTimeout(ctx, replayAPITimeout)
+		raw, err := l.snap.GetLastMsgForSubject(gctx, l.chunkSubject(ns, p, i))
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		_, ch, err := parseSnapshotHeader(raw.Header.Get(SnapshotHeader))
+		if err == nil && (ch == nil || ch.id != m.id || ch.i != i || ch.n != m.chunks) {
+			err = fmt.Errorf("%w: chunk %d is not of snapshot %s", ErrBadSnapshot, i, m.id)
+		}
+		for b := raw.Data; len(b) > 0 && err == nil; {
+			var e snapEntry
+			if e, b, err = nextSnapEntry(b); err == nil {
+				entries[e.key] = &e
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return entries, nil
 }
 
 // snapshotWrites are the writes of the snapshot stream a Compact has sent

@@ -5,6 +5,16 @@ package partition
 // agree on it, so it never changes.
 const Partitions = 1024
 
+// All lists every partition, 0 to Partitions-1, in a new slice: what a
+// whole-namespace replay or compaction is asked for.
+func All() []int {
+	ps := make([]int, Partitions)
+	for i := range ps {
+		ps[i] = i
+	}
+	return ps
+}
+
 // FNV-1a 64-bit parameters.
 const (
 	fnvOffset64 = 14695981039346656037

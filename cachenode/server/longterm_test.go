@@ -127,11 +127,7 @@ func waitSnapshots(t *testing.T, c *bus.Conn, key string) {
 	}
 	var last persistence.ReplayStats
 	bustest.WaitFor(t, 20*time.Second, "every partition's snapshot to hold every write", func() bool {
-		all := make([]int, partition.Partitions)
-		for i := range all {
-			all[i] = i
-		}
-		st, err := l.Replay(ctx, "sessions", all, func(persistence.Record) error { return nil }, nil)
+		st, err := l.Replay(ctx, "sessions", partition.All(), func(persistence.Record) error { return nil }, nil)
 		last = st
 		return err == nil && st.Snapshots == partition.Partitions
 	})

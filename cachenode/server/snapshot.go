@@ -1,7 +1,6 @@
 package server
 
 import (
-	"strings"
 	"time"
 
 	"github.com/cachebus/cachebus/cachenode/partition"
@@ -46,10 +45,7 @@ func (s *Server) compact() {
 	}
 	ctx, cancel := s.untilStop()
 	defer cancel()
-	for _, ns := range s.cfg.LongTerm {
-		if ns = strings.TrimSpace(ns); ns == "" {
-			continue
-		}
+	for _, ns := range s.recLog.Namespaces() {
 		cs, err := s.recLog.Compact(ctx, ns, parts)
 		switch {
 		case ctx.Err() != nil:

@@ -96,12 +96,9 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		}
 	}
 	load := time.Since(start)
+	all := partition.All()
 	var compact persistence.CompactStats
 	if log.Snapshots() {
-		all := make([]int, partition.Partitions)
-		for i := range all {
-			all[i] = i
-		}
 		if compact, err = log.Compact(ctx, benchReplayNS, all); err != nil {
 			return fmt.Errorf("replay: snapshots: %w", err)
 		}
@@ -116,10 +113,6 @@ func runBenchReplay(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 	rawFilter := filter
 	if info.State.Msgs == uint64(cfg.Records) {
 		rawFilter = ""
-	}
-	all := make([]int, partition.Partitions)
-	for i := range all {
-		all[i] = i
 	}
 	readers, err := benchReplayReaders(cfg.Readers)
 	if err != nil {

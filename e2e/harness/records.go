@@ -56,25 +56,14 @@ func LeadStream(ctx context.Context, t testing.TB, c *bus.Conn, name, leader str
 // c: the value of every live record, by key.
 func RecordLogValues(ctx context.Context, t testing.TB, c *bus.Conn) map[string]string {
 	t.Helper()
-	rl, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{RecordsNS}})
-	if err != nil {
-		t.Fatalf("record log: %v", err)
-	}
-	all := make([]int, partition.Partitions)
-	for p := range all {
-		all[p] = p
-	}
 	values := map[string]string{}
-	if _, err := rl.Replay(ctx, RecordsNS, all, func(r persistence.Record) error {
+	replayRecordLog(ctx, t, c, "", func(r persistence.Record) {
 		if r.Deleted {
 			delete(values, r.Key)
 		} else {
 			values[r.Key] = string(r.Value)
 		}
-		return nil
-	}, nil); err != nil {
-		t.Fatalf("replay of the record log: %v", err)
-	}
+	})
 	return values
 }
 
@@ -85,17 +74,23 @@ func RecordLogValues(ctx context.Context, t testing.TB, c *bus.Conn) map[string]
 // does not count.
 func RecordLogSnapshots(ctx context.Context, t testing.TB, c *bus.Conn, key string) int {
 	t.Helper()
+	return replayRecordLog(ctx, t, c, key, func(persistence.Record) {}).Snapshots
+}
+
+// replayRecordLog replays every partition of namespace RecordsNS through
+// c, opening values with key, and hands each record to fn.
+func replayRecordLog(ctx context.Context, t testing.TB, c *bus.Conn, key string, fn func(persistence.Record)) persistence.ReplayStats {
+	t.Helper()
 	rl, err := persistence.BindRecordLog(ctx, c, persistence.RecordLogConfig{LongTerm: []string{RecordsNS}, Key: key})
 	if err != nil {
 		t.Fatalf("record log: %v", err)
 	}
-	all := make([]int, partition.Partitions)
-	for p := range all {
-		all[p] = p
-	}
-	st, err := rl.Replay(ctx, RecordsNS, all, func(persistence.Record) error { return nil }, nil)
+	st, err := rl.Replay(ctx, RecordsNS, partition.All(), func(r persistence.Record) error {
+		fn(r)
+		return nil
+	}, nil)
 	if err != nil {
 		t.Fatalf("replay of the record log: %v", err)
 	}
-	return st.Snapshots
+	return st
 }
