@@ -594,6 +594,58 @@ func TestSnapshotStale(t *testing.T) {
 	}
 }
 
+// TestSnapshotSealedAtRest: with a key, the snapshot stream holds no
+// value in clear, as the log does not: chunks keep the sealed bytes.
+func TestSnapshotSealedAtRest(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	l := openLog(t, c, snapConfig(testKey(1)))
+	const ns = "s"
+	keys := keysIn("k", all[:16], 5)
+	secret := func(k string) string { return "plaintext-token-of-" + k }
+	for _, k := range keys {
+		put(t, l, ns, k, secret(k), time.Time{})
+	}
+	if cs := compact(t, l, ns, partitionsOf(keys)); cs.Records != int64(len(keys)) {
+		t.Fatalf("compaction: %+v", cs)
+	}
+	st, err := c.JS.Stream(ctx10(t), persistence.SnapshotStreamConfig(c.Subjects, persistence.RecordLogConfig{}).Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx10(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := 0
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx10(t), seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Data) > 0 {
+			chunks++
+		}
+		for _, k := range keys {
+			if bytes.Contains(m.Data, []byte(secret(k))) || strings.Contains(fmt.Sprint(m.Header), secret(k)) {
+				t.Errorf("%s holds the value of %s in clear", m.Subject, k)
+			}
+		}
+	}
+	if chunks == 0 {
+		t.Fatal("no chunk in the snapshot stream")
+	}
+	got, _, _ := snapshotMatchesLog(t, l, ns, partitionsOf(keys))
+	for _, k := range keys {
+		if string(got[k].Value) != secret(k) {
+			t.Errorf("%s replayed as %q", k, got[k].Value)
+		}
+	}
+}
+
 // TestSnapshotBadInput: foreign and corrupt messages in the snapshot
 // stream never fail a replay: the partitions they spoil are read from the
 // log, every record is handed over all the same, and the bad messages
