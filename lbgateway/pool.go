@@ -92,6 +92,9 @@ type view struct {
 	// it ends.
 	slowUntil map[*Backend]time.Time
 	slowStart time.Duration
+	// plain is set when every backend is plain HTTP with no path: the
+	// fast path can reach any of them.
+	plain bool
 }
 
 // Pool is the set of backends: static ones and those announced by
@@ -248,8 +251,12 @@ func (p *Pool) applyDrainLocked(b *Backend) {
 // rebuildLocked publishes a new view; p.mu held.
 func (p *Pool) rebuildLocked() {
 	now := time.Now()
-	v := &view{sticky: make(map[string]*Backend, len(p.all)), slowUntil: map[*Backend]time.Time{}, slowStart: p.cfg.SlowStart}
+	v := &view{sticky: make(map[string]*Backend, len(p.all)), slowUntil: map[*Backend]time.Time{}, slowStart: p.cfg.SlowStart,
+		plain: true}
 	for _, b := range p.all {
+		if b.up == nil || b.URL.Path != "" || b.URL.RawPath != "" {
+			v.plain = false
+		}
 		b.mu.Lock()
 		live := b.liveLocked()
 		if live && !b.live {

@@ -411,22 +411,36 @@ func (g *Gateway) copyBody(w http.ResponseWriter, resp *http.Response, cancel co
 // when the request had none valid for this backend (it was new, or
 // redispatched) and the mode says so, or when the cookie needs refreshing.
 func (g *Gateway) setsCookie(q *request, resp *http.Response) bool {
-	if q.routed && q.route.Backend == q.backend.ID {
-		return q.route.Refresh
-	}
-	if q.routed {
+	return g.cookieDue(q.routed, q.route, q.backend.ID, func() bool {
+		for _, c := range resp.Header.Values("Set-Cookie") {
+			name, _, _ := strings.Cut(c, "=")
+			if g.isSessionCookie(strings.TrimSpace(name)) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// cookieDue is setsCookie's rule, for a request routed (or not) by route
+// and answered by backend; setsSession, asked in session mode only, says
+// whether the response sets the app's session cookie.
+func (g *Gateway) cookieDue(routed bool, route Route, backend string, setsSession func() bool) bool {
+	switch {
+	case routed && route.Backend == backend:
+		return route.Refresh
+	case routed:
 		return true // redispatched: the session now lives elsewhere
-	}
-	if g.cfg.CookieMode == ModeInsert {
+	case g.cfg.CookieMode == ModeInsert:
 		return true
 	}
-	for _, c := range resp.Header.Values("Set-Cookie") {
-		name, _, _ := strings.Cut(c, "=")
-		if g.cfg.SessionCookie == "" || strings.TrimSpace(name) == g.cfg.SessionCookie {
-			return true
-		}
-	}
-	return false
+	return setsSession()
+}
+
+// isSessionCookie says whether a cookie the backend sets, by name, is the
+// app's session cookie (any cookie when none is configured).
+func (g *Gateway) isSessionCookie(name string) bool {
+	return g.cfg.SessionCookie == "" || name == g.cfg.SessionCookie
 }
 
 // markPrivate keeps shared caches from storing a response that sets the

@@ -29,6 +29,9 @@ import (
 type server struct {
 	g       *Gateway
 	handler http.Handler
+	// fast is set when handler is the gateway itself: its requests may
+	// take the fast path (fastpath.go).
+	fast bool
 
 	mu       sync.Mutex
 	conns    map[*serverConn]struct{}
@@ -53,10 +56,20 @@ type serverConn struct {
 	// when the client is gone.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// For the fast path: the client's address and IP, whether it came
+	// over TLS, and buffers kept from one request to the next.
+	remote  string
+	ip      string
+	tls     bool
+	fq      fastRequest
+	fr      fastResponse
+	cookies []string
+	out     []byte
 }
 
 func newServer(g *Gateway, h http.Handler) *server {
-	return &server{g: g, handler: h, conns: map[*serverConn]struct{}{}, shutdown: make(chan struct{})}
+	return &server{g: g, handler: h, fast: h == http.Handler(g), conns: map[*serverConn]struct{}{}, shutdown: make(chan struct{})}
 }
 
 // serve accepts connections until ln is closed.
@@ -166,6 +179,10 @@ func (s *server) serveConn(sc *serverConn) {
 	sc.br = bufio.NewReaderSize(sc.limit, 4<<10)
 	sc.bw = bufio.NewWriterSize(&timedWriter{c: sc.c, d: cfg.ReadTimeout}, 4<<10)
 	remote := sc.c.RemoteAddr().String()
+	sc.remote, sc.tls = remote, tlsState != nil
+	if ip, _, err := net.SplitHostPort(remote); err == nil {
+		sc.ip = ip
+	}
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	defer sc.cancel()
 	for {
@@ -185,6 +202,14 @@ func (s *server) serveConn(sc *serverConn) {
 		}
 		sc.idle.Store(false)
 		_ = sc.c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout))
+		if s.fast {
+			if keep, served := s.serveFast(sc); served {
+				if !keep {
+					return
+				}
+				continue
+			}
+		}
 		req, err := http.ReadRequest(sc.br)
 		if err == nil {
 			err = checkRequest(req)

@@ -212,8 +212,13 @@ func (s *Sticky) Name() string { return s.name }
 // Read parses the Cookie headers itself, the way net/http does, rather
 // than through r.Cookies, which allocates for every cookie of the request.
 func (s *Sticky) Read(r *http.Request, now time.Time) (Route, error) {
+	return s.readLines(r.Header["Cookie"], now)
+}
+
+// readLines is Read on the values of a request's Cookie headers.
+func (s *Sticky) readLines(lines []string, now time.Time) (Route, error) {
 	var first error
-	for _, line := range r.Header["Cookie"] {
+	for _, line := range lines {
 		for len(line) > 0 {
 			var part string
 			part, line, _ = strings.Cut(line, ";")
