@@ -1219,3 +1219,30 @@ func TestSnapshotFoldUnreadable(t *testing.T) {
 		t.Errorf("after rebuilding: %+v", st)
 	}
 }
+
+// TestSnapshotStreamUnreadable: with the snapshot stream gone (after a heal
+// its leader may come after the log's), a replay reads the log alone and
+// gets every record.
+func TestSnapshotStreamUnreadable(t *testing.T) {
+	tg := bustest.Embedded(t)
+	c := bustest.Connect(t, tg.URL)
+	l := openLog(t, c, snapConfig(""))
+	const ns = "s"
+	keys := keysIn("k", all[:8], 4)
+	for _, k := range keys {
+		put(t, l, ns, k, "v-"+k, time.Time{})
+	}
+	compact(t, l, ns, partitionsOf(keys))
+	if err := c.JS.DeleteStream(ctx10(t), persistence.SnapshotStreamConfig(c.Subjects, persistence.RecordLogConfig{}).Name); err != nil {
+		t.Fatal(err)
+	}
+	got, st := replayWith(t, l, ns, partitionsOf(keys))
+	if st.Snapshots != 0 {
+		t.Errorf("%d snapshots read from a deleted stream", st.Snapshots)
+	}
+	for _, k := range keys {
+		if string(got[k].Value) != "v-"+k {
+			t.Errorf("%s replayed as %q, want %q", k, got[k].Value, "v-"+k)
+		}
+	}
+}

@@ -92,7 +92,12 @@ type Server struct {
 	// settleFrom is when the node started or last reconnected: after a
 	// failure timeout from then it has heard every live peer.
 	settleFrom atomic.Int64
-	stopConn   func()
+	// selfLive is whether the node's own table last showed it live;
+	// selfLost latches its fall from live to dead, for reconcile, which
+	// may be blocked on the bus while the node is stalled and would not
+	// see the gap in its own heartbeats once they flow again.
+	selfLive, selfLost atomic.Bool
+	stopConn           func()
 
 	kick chan struct{}
 	done chan struct{}
@@ -194,7 +199,12 @@ func (s *Server) openBus(ctx context.Context) error {
 	if s.events, err = bus.Subscribe(ctx, s.c, eventHandler{s}, bus.SubscriberOptions{Name: "node/" + s.cfg.ID, Self: s.cfg.ID}); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	if s.tracker, err = topology.Track(ctx, s.c, s.nodes, s.cfg.FailureTimeout, func(*topology.Table) { s.poke() }); err != nil {
+	if s.tracker, err = topology.Track(ctx, s.c, s.nodes, s.cfg.FailureTimeout, func(tab *topology.Table) {
+		if live := tab.Live(s.cfg.ID); s.selfLive.Swap(live) && !live {
+			s.selfLost.Store(true)
+		}
+		s.poke()
+	}); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	return nil
