@@ -375,14 +375,9 @@ func writeFastHead(bw *bufio.Writer, rs *fastResponse, cookie string, bodyless, 
 // by a new one, once: every fast request may be sent twice.
 func (u *upstream) fastRoundTrip(ctx context.Context, head []byte, timeout time.Duration, rs *fastResponse) (*upConn, []byte, error) {
 	for attempt := 0; ; attempt++ {
-		uc := u.get(time.Now(), upIdleTimeout)
-		reused := uc != nil
-		if uc == nil {
-			c, err := u.dialer.DialContext(ctx, "tcp", u.addr)
-			if err != nil {
-				return nil, nil, &connectError{addr: u.addr, err: err}
-			}
-			uc = &upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+		uc, reused, err := u.conn(ctx, upIdleTimeout)
+		if err != nil {
+			return nil, nil, err
 		}
 		resp, err := fastExchange(uc, head, timeout, rs)
 		if err == nil {

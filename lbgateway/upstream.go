@@ -129,14 +129,9 @@ func (u *upstream) roundTrip(ctx context.Context, out *http.Request, responseTim
 		maxIdle = upFreshReuse
 	}
 	for attempt := 0; ; attempt++ {
-		uc := u.get(time.Now(), maxIdle)
-		reused := uc != nil
-		if uc == nil {
-			c, err := u.dialer.DialContext(ctx, "tcp", u.addr)
-			if err != nil {
-				return nil, &connectError{addr: u.addr, err: err}
-			}
-			uc = &upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+		uc, reused, err := u.conn(ctx, maxIdle)
+		if err != nil {
+			return nil, err
 		}
 		resp, err := u.exchange(ctx, uc, out, responseTimeout)
 		if err == nil {
@@ -155,6 +150,18 @@ func (u *upstream) roundTrip(ctx context.Context, out *http.Request, responseTim
 			out.Body = body
 		}
 	}
+}
+
+// conn returns an idle connection used within maxIdle, or a new one.
+func (u *upstream) conn(ctx context.Context, maxIdle time.Duration) (uc *upConn, reused bool, err error) {
+	if uc = u.get(time.Now(), maxIdle); uc != nil {
+		return uc, true, nil
+	}
+	c, err := u.dialer.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		return nil, false, &connectError{addr: u.addr, err: err}
+	}
+	return &upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
 }
 
 // exchange writes out on uc and reads the response headers, within
