@@ -462,16 +462,18 @@ func (f *fastBody) copyN(n int64) error {
 	return nil
 }
 
-// line reads one line of a chunked body, without its line end; it is
-// valid until the next read.
+// line reads one CRLF-ended line of a chunked body, without its line end;
+// it is valid until the next read.
 func (f *fastBody) line() ([]byte, error) {
 	br := f.uc.br
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
 			_, _ = br.Discard(i + 1)
+			// Chunked framing ends its lines in CRLF; net/http refuses a
+			// bare LF there, against smuggling, and so does the fast path.
 			line, _, ok := nextLine(buf[:i+1])
-			if !ok {
+			if !ok || i == 0 || buf[i-1] != '\r' {
 				return nil, errChunk
 			}
 			return line, nil

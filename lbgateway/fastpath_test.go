@@ -2,6 +2,7 @@ package lbgateway
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -340,4 +341,66 @@ func TestFastPathConnection(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("the connection stayed open after Connection: close (read: %v)", err)
 	}
+}
+
+// readerConn is a net.Conn that reads from r and accepts deadlines, for
+// feeding fastBody bytes directly.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error)         { return c.r.Read(p) }
+func (c readerConn) SetReadDeadline(time.Time) error    { return nil }
+func (c readerConn) SetDeadline(time.Time) error        { return nil }
+func (c readerConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// FuzzFastChunked feeds a chunked body to the fast path's copier: it must
+// never panic, and when it takes the body, what it writes must decode (by
+// net/http) to what net/http decodes from the input.
+func FuzzFastChunked(f *testing.F) {
+	for _, s := range []string{
+		"5\r\nhello\r\n0\r\n\r\n",
+		"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: done\r\n\r\n",
+		"0\r\n\r\n",
+		"A\n0123456789\n0\n\n",
+		"zz\r\nabc\r\n",
+		"3\r\nabcd\r\n0\r\n\r\n",
+		"ffffffffffffffff\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		uc := &upConn{c: readerConn{r: strings.NewReader(in)}, br: bufio.NewReaderSize(strings.NewReader(in), 16<<10)}
+		body := fastBody{uc: uc, to: bw, timeout: time.Second}
+		if err := body.copyChunked(); err != nil {
+			return
+		}
+		if err := bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		want, err := readChunked(in)
+		if err != nil {
+			t.Fatalf("the fast path took %q, which net/http refuses: %v", in, err)
+		}
+		got, err := readChunked(out.String())
+		if err != nil {
+			t.Fatalf("the fast path wrote %q for %q, which net/http cannot read: %v", out.String(), in, err)
+		}
+		if got != want {
+			t.Fatalf("the fast path relays %q as %q, net/http reads %q", in, got, want)
+		}
+	})
+}
+
+// readChunked decodes a chunked body the way net/http's client does.
+func readChunked(body string) (string, error) {
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"+body)), nil)
+	if err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
