@@ -426,8 +426,8 @@ func parseLength(v []byte) (int64, bool) {
 // parseChunkLine reads a chunk-size line (without its line end): hex
 // digits, then optionally extensions after ';', which are dropped.
 func parseChunkLine(line []byte) (int64, bool) {
-	size, ext, _ := bytes.Cut(line, []byte{';'})
-	size = bytes.TrimRight(size, " \t")
+	// As net/http: white space may end the line, not the size.
+	size, ext, _ := bytes.Cut(bytes.TrimRight(line, " \t"), []byte{';'})
 	if len(size) == 0 || len(size) > 15 {
 		return 0, false
 	}
