@@ -92,55 +92,29 @@ func (s *server) relayFast(sc *serverConn, rq *fastRequest, start time.Time) boo
 			sc.cookies = append(sc.cookies, string(f.value))
 		}
 	}
-	route, err := g.sticky.readLines(sc.cookies, start)
-	routed := err == nil
-	if err != nil && !errors.Is(err, ErrNoRoute) {
-		g.metrics.badCookies.Inc()
-		g.log.Debug("sticky cookie ignored", "err", err, "remote", sc.remote)
-	}
+	route, routed := g.readRoute(sc.cookies, sc.remote, start)
 	v := g.pool.cur.Load()
-	var b *Backend
-	if routed {
-		if b = v.pickSticky(route.Backend, start); b != nil {
-			b.lastSticky.Store(start.UnixNano())
-		} else {
-			g.metrics.redispatched.Inc()
-		}
-	}
-	if b == nil {
-		b = v.pickNew(start, nil)
-	}
+	b := g.pick(v, route, routed, start)
 	sc.out = g.appendFastRequest(sc.out[:0], rq, sc)
 	var tried []*Backend
 	for attempt := 0; ; attempt++ {
 		if b == nil {
-			g.metrics.noBackend.Inc()
 			w := s.fastErrorWriter(sc, rq)
-			if len(tried) == 0 && g.cfg.AutoFallback && g.cache != nil {
-				g.unavailable(w, "no app server is up")
-			} else {
-				http.Error(w, "no backend available", http.StatusServiceUnavailable)
-			}
+			g.noBackend(w, tried)
 			return s.finishError(w)
 		}
 		keep, err := s.exchangeFast(sc, rq, b, route, routed, start)
 		if err == nil {
 			return keep
 		}
-		g.observe(b, true, time.Now())
-		g.metrics.requests.WithLabelValues(b.ID, "error").Inc()
-		var ce *connectError
-		reached := !errors.As(err, &ce)
-		if attempt >= g.cfg.Retries {
-			g.log.Warn("backend failed, not retried", "backend", b.ID, "method", rq.method, "path", string(rq.target),
-				"err", err, "attempt", attempt+1, "reached", reached)
+		g.attemptFailed(b)
+		// Every fast request may be sent twice: no body, an idempotent
+		// method.
+		if !g.retryAfter(b, rq.method, string(rq.target), err, attempt, func(bool) bool { return true }) {
 			w := s.fastErrorWriter(sc, rq)
 			g.badGateway(w, b, err)
 			return s.finishError(w)
 		}
-		g.metrics.retries.Inc()
-		g.log.Info("backend failed, retrying on another", "backend", b.ID, "method", rq.method, "path", string(rq.target),
-			"err", err, "attempt", attempt+1, "reached", reached)
 		tried = append(tried, b)
 		b = v.pickNew(time.Now(), tried)
 	}
@@ -243,11 +217,7 @@ func (s *server) exchangeFast(sc *serverConn, rq *fastRequest, b *Backend, route
 	var cookie string
 	due := g.cookieDue(routed, route, b.ID, func() bool {
 		for _, f := range rs.fields {
-			if f.kind != fieldSetCookie {
-				continue
-			}
-			name, _, _ := bytes.Cut(f.value, []byte{'='})
-			if name = bytes.TrimSpace(name); g.cfg.SessionCookie == "" || string(name) == g.cfg.SessionCookie {
+			if f.kind == fieldSetCookie && g.isSessionCookie(string(f.value)) {
 				return true
 			}
 		}
@@ -300,7 +270,7 @@ func (s *server) exchangeFast(sc *serverConn, rq *fastRequest, b *Backend, route
 // then Cache-Control: private, HAProxy's "nocache"), a Date, the framing
 // and Connection: close when the connection ends.
 func writeFastHead(bw *bufio.Writer, rs *fastResponse, cookie string, bodyless, closing bool) {
-	private := false
+	private := false // the backend's Cache-Control is replaced
 	if cookie != "" {
 		var cc []byte
 		for _, f := range rs.fields {
@@ -308,8 +278,7 @@ func writeFastHead(bw *bufio.Writer, rs *fastResponse, cookie string, bodyless, 
 				cc = append(append(cc, ','), f.value...)
 			}
 		}
-		parsed := ParseCacheControl(string(cc))
-		private = !parsed.Private && !parsed.NoStore
+		private = sharable(string(cc))
 	}
 	var num [20]byte
 	bw.WriteString("HTTP/1.1 ")

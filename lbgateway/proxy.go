@@ -90,32 +90,14 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	q := &request{in: r, mark: mark}
-	var err error
-	q.route, err = g.sticky.Read(r, now)
-	switch {
-	case err == nil:
-		q.routed = true
-	case !errors.Is(err, ErrNoRoute):
-		g.metrics.badCookies.Inc()
-		g.log.Debug("sticky cookie ignored", "err", err, "remote", r.RemoteAddr)
-	}
+	q.route, q.routed = g.readRoute(r.Header["Cookie"], r.RemoteAddr, now)
 	if err := g.prepare(ctx, q); err != nil {
 		http.Error(w, "bad request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 
 	v := g.pool.cur.Load()
-	var b *Backend
-	if q.routed {
-		if b = v.pickSticky(q.route.Backend, now); b != nil {
-			b.lastSticky.Store(now.UnixNano())
-		} else {
-			g.metrics.redispatched.Inc()
-		}
-	}
-	if b == nil {
-		b = v.pickNew(now, nil)
-	}
+	b := g.pick(v, q.route, q.routed, now)
 
 	if isUpgrade(r) {
 		if b == nil {
@@ -136,28 +118,19 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 				stale.Write(w, r, "STALE", now)
 				return
 			}
-			g.metrics.noBackend.Inc()
-			if len(tried) == 0 && g.cfg.AutoFallback && g.cache != nil {
-				g.unavailable(w, "no app server is up")
-				return
-			}
-			http.Error(w, "no backend available", http.StatusServiceUnavailable)
+			g.noBackend(w, tried)
 			return
 		}
+		var err error
 		resp, err = g.roundTrip(ctx, q, b)
 		if err == nil {
 			break
 		}
-		g.observe(b, true, time.Now())
-		g.metrics.requests.WithLabelValues(b.ID, "error").Inc()
+		g.attemptFailed(b)
 		if r.Context().Err() != nil {
 			return // the client left; nobody to answer
 		}
-		var ce *connectError
-		reached := !errors.As(err, &ce)
-		if attempt >= g.cfg.Retries || !q.replay || (reached && !idempotent(r)) {
-			g.log.Warn("backend failed, not retried", "backend", b.ID, "method", r.Method, "path", r.URL.Path,
-				"err", err, "attempt", attempt+1, "reached", reached)
+		if !g.retryAfter(b, r.Method, r.URL.Path, err, attempt, func(reached bool) bool { return q.replay && (!reached || idempotent(r)) }) {
 			if stale != nil {
 				g.countCache(cachestale)
 				stale.Write(w, r, "STALE", now)
@@ -166,9 +139,6 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 			g.badGateway(w, b, err)
 			return
 		}
-		g.metrics.retries.Inc()
-		g.log.Info("backend failed, retrying on another", "backend", b.ID, "method", r.Method, "path", r.URL.Path,
-			"err", err, "attempt", attempt+1, "reached", reached)
 		tried = append(tried, b)
 		b = v.pickNew(time.Now(), tried)
 	}
@@ -182,6 +152,65 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, cacheable bool
 	}
 	q.backend = b
 	g.relay(ctx, cancel, w, q, resp, cacheable, now)
+}
+
+// readRoute reads the sticky cookie from a request's Cookie headers;
+// routed is false when there is none or it is refused (counted and
+// logged).
+func (g *Gateway) readRoute(cookies []string, remote string, now time.Time) (rt Route, routed bool) {
+	rt, err := g.sticky.readLines(cookies, now)
+	if err != nil && !errors.Is(err, ErrNoRoute) {
+		g.metrics.badCookies.Inc()
+		g.log.Debug("sticky cookie ignored", "err", err, "remote", remote)
+	}
+	return rt, err == nil
+}
+
+// pick chooses the backend of a request: the one its cookie names while
+// it can serve, else (redispatched, or new) one balanced from v.
+func (g *Gateway) pick(v *view, rt Route, routed bool, now time.Time) *Backend {
+	if routed {
+		if b := v.pickSticky(rt.Backend, now); b != nil {
+			b.lastSticky.Store(now.UnixNano())
+			return b
+		}
+		g.metrics.redispatched.Inc()
+	}
+	return v.pickNew(now, nil)
+}
+
+// noBackend answers a request no backend is left for: the fallback page
+// when none was up to try and the cache could have answered, else 503.
+func (g *Gateway) noBackend(w http.ResponseWriter, tried []*Backend) {
+	g.metrics.noBackend.Inc()
+	if len(tried) == 0 && g.cfg.AutoFallback && g.cache != nil {
+		g.unavailable(w, "no app server is up")
+		return
+	}
+	http.Error(w, "no backend available", http.StatusServiceUnavailable)
+}
+
+// attemptFailed counts an attempt on b that got no answer.
+func (g *Gateway) attemptFailed(b *Backend) {
+	g.observe(b, true, time.Now())
+	g.metrics.requests.WithLabelValues(b.ID, "error").Inc()
+}
+
+// retryAfter decides whether a request whose attempt on b failed with err
+// goes to another backend: within the retries, and when may, told whether
+// the request reached b, allows it. It logs and counts either way.
+func (g *Gateway) retryAfter(b *Backend, method, path string, err error, attempt int, may func(reached bool) bool) bool {
+	var ce *connectError
+	reached := !errors.As(err, &ce)
+	if attempt >= g.cfg.Retries || !may(reached) {
+		g.log.Warn("backend failed, not retried", "backend", b.ID, "method", method, "path", path,
+			"err", err, "attempt", attempt+1, "reached", reached)
+		return false
+	}
+	g.metrics.retries.Inc()
+	g.log.Info("backend failed, retrying on another", "backend", b.ID, "method", method, "path", path,
+		"err", err, "attempt", attempt+1, "reached", reached)
+	return true
 }
 
 // prepare builds the outgoing request and decides whether its body can be
@@ -413,8 +442,7 @@ func (g *Gateway) copyBody(w http.ResponseWriter, resp *http.Response, cancel co
 func (g *Gateway) setsCookie(q *request, resp *http.Response) bool {
 	return g.cookieDue(q.routed, q.route, q.backend.ID, func() bool {
 		for _, c := range resp.Header.Values("Set-Cookie") {
-			name, _, _ := strings.Cut(c, "=")
-			if g.isSessionCookie(strings.TrimSpace(name)) {
+			if g.isSessionCookie(c) {
 				return true
 			}
 		}
@@ -437,20 +465,27 @@ func (g *Gateway) cookieDue(routed bool, route Route, backend string, setsSessio
 	return setsSession()
 }
 
-// isSessionCookie says whether a cookie the backend sets, by name, is the
-// app's session cookie (any cookie when none is configured).
-func (g *Gateway) isSessionCookie(name string) bool {
-	return g.cfg.SessionCookie == "" || name == g.cfg.SessionCookie
+// isSessionCookie says whether a Set-Cookie value of the backend's sets
+// the app's session cookie (any cookie when none is configured).
+func (g *Gateway) isSessionCookie(setCookie string) bool {
+	name, _, _ := strings.Cut(setCookie, "=")
+	return g.cfg.SessionCookie == "" || strings.TrimSpace(name) == g.cfg.SessionCookie
 }
 
 // markPrivate keeps shared caches from storing a response that sets the
 // sticky cookie (HAProxy's "nocache"): another client would get it.
 func markPrivate(h http.Header) {
-	cc := ParseCacheControl(strings.Join(h.Values("Cache-Control"), ","))
-	if cc.Private || cc.NoStore {
+	if !sharable(strings.Join(h.Values("Cache-Control"), ",")) {
 		return
 	}
 	h.Set("Cache-Control", "private")
+}
+
+// sharable says whether a response's Cache-Control (its values joined)
+// lets a shared cache keep it: neither private nor no-store.
+func sharable(cacheControl string) bool {
+	cc := ParseCacheControl(cacheControl)
+	return !cc.Private && !cc.NoStore
 }
 
 // idempotent says whether a request that may have reached a backend can

@@ -57,8 +57,8 @@ type serverConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// For the fast path: the client's address and IP, whether it came
-	// over TLS, and buffers kept from one request to the next.
+	// The client's address and IP, whether it came over TLS, and the fast
+	// path's buffers, kept from one request to the next.
 	remote  string
 	ip      string
 	tls     bool
@@ -178,9 +178,8 @@ func (s *server) serveConn(sc *serverConn) {
 	sc.limit = &io.LimitedReader{R: sc.c}
 	sc.br = bufio.NewReaderSize(sc.limit, 4<<10)
 	sc.bw = bufio.NewWriterSize(&timedWriter{c: sc.c, d: cfg.ReadTimeout}, 4<<10)
-	remote := sc.c.RemoteAddr().String()
-	sc.remote, sc.tls = remote, tlsState != nil
-	if ip, _, err := net.SplitHostPort(remote); err == nil {
+	sc.remote, sc.tls = sc.c.RemoteAddr().String(), tlsState != nil
+	if ip, _, err := net.SplitHostPort(sc.remote); err == nil {
 		sc.ip = ip
 	}
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
@@ -221,7 +220,7 @@ func (s *server) serveConn(sc *serverConn) {
 		// The body may take up to the read timeout, however long.
 		sc.limit.N = 1 << 62
 		_ = sc.c.SetReadDeadline(time.Now().Add(cfg.ReadTimeout))
-		req.RemoteAddr, req.TLS = remote, tlsState
+		req.RemoteAddr, req.TLS = sc.remote, tlsState
 		keep := s.answer(sc, req)
 		if !keep {
 			return
