@@ -59,17 +59,17 @@ func (s *Server) reconcile() {
 	if a.Version == 0 {
 		return
 	}
+	if s.checkIsolation(tab) {
+		return // no handover from a node cut off from the majority
+	}
 	settled := time.Since(time.Unix(0, s.settleFrom.Load())) >= s.cfg.FailureTimeout
-	if s.selfLost.Swap(false) || settled && !tab.Live(s.cfg.ID) {
+	if s.selfLost.Load() || settled && !tab.Live(s.cfg.ID) {
 		// Its own heartbeats have not come back for a failure timeout: the
 		// node was cut off or stalled, its peers took it for dead and
 		// stopped replicating to it.
 		s.suspectAll("own heartbeats not seen for a failure timeout")
 		s.settleFrom.Store(time.Now().UnixNano())
 		return
-	}
-	if s.checkIsolation(tab) {
-		return // no handover from a node cut off from the majority
 	}
 	from := map[string][]int{}
 	var drop, empty topology.Holds
@@ -156,6 +156,8 @@ func (s *Server) reconcile() {
 // suspectAll stops announcing every partition held: writes made while the
 // node could not hear may be missing from them.
 func (s *Server) suspectAll(why string) {
+	// Whatever gap in its own heartbeats the node saw is covered now.
+	s.selfLost.Store(false)
 	s.mu.Lock()
 	n := s.holds.Count()
 	for i := range s.holds {

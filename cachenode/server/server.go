@@ -93,9 +93,11 @@ type Server struct {
 	// failure timeout from then it has heard every live peer.
 	settleFrom atomic.Int64
 	// selfLive is whether the node's own table last showed it live;
-	// selfLost latches its fall from live to dead, for reconcile, which
-	// may be blocked on the bus while the node is stalled and would not
-	// see the gap in its own heartbeats once they flow again.
+	// selfLost latches its fall from live to dead until suspectAll, for
+	// reconcile, which may be blocked on the bus while the node is stalled
+	// and would not see the gap in its own heartbeats once they flow
+	// again. A node cut off (isolated) suspects all when it comes back,
+	// which clears the latch too.
 	selfLive, selfLost atomic.Bool
 	stopConn           func()
 
