@@ -1,7 +1,6 @@
 package cachenode
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -72,6 +71,7 @@ type Client struct {
 	opts    ClientOptions
 	tracker *topology.Tracker
 	pipes   sync.Map // subject → *pipe
+	replies replies
 	// readAttempt bounds a read's first try at the node it addresses.
 	readAttempt time.Duration
 }
@@ -96,11 +96,20 @@ func NewClient(ctx context.Context, c *bus.Conn, opts ClientOptions) (*Client, e
 	if ft <= 0 {
 		ft = 5 * time.Second
 	}
-	return &Client{c: c, opts: opts, tracker: t, readAttempt: ft / 2}, nil
+	cl := &Client{c: c, opts: opts, tracker: t, readAttempt: ft / 2}
+	if err := cl.listen(); err != nil {
+		t.Stop()
+		return nil, err
+	}
+	return cl, nil
 }
 
-// Close stops following the cache tier; the connection stays open.
-func (cl *Client) Close() { cl.tracker.Stop() }
+// Close stops following the cache tier and ends the requests in flight
+// with ErrUnavailable; the connection stays open.
+func (cl *Client) Close() {
+	cl.closeReplies()
+	cl.tracker.Stop()
+}
 
 // Table is the client's current view of who serves which partition.
 func (cl *Client) Table() *topology.Table { return cl.tracker.Table() }
@@ -222,26 +231,19 @@ func (cl *Client) do(ctx context.Context, req *wire.Request, subject string) (wi
 		return wire.Reply{}, err
 	}
 	data := req.Append(make([]byte, 0, 64+len(req.Key)+len(req.Value)))
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cl.opts.Timeout)
-		defer cancel()
-	}
 	anyNode := cl.c.Subjects.RecordAny()
-	attempt, cancel := ctx, context.CancelFunc(func() {})
 	read := req.Op == wire.OpGet || req.Op == wire.OpMGet
+	var attempt time.Duration
 	if read && subject != anyNode {
 		// A read stuck on a node that just died is asked again of any
 		// node, which serves it from a backup: a read waits about half a
 		// failure timeout for a crashed node, not a whole request timeout.
-		attempt, cancel = context.WithTimeout(ctx, cl.readAttempt)
+		attempt = cl.readAttempt
 	}
-	repData, err := cl.pipe(subject).call(attempt, data)
-	cancel()
-	retry := errors.Is(err, nats.ErrNoResponders) ||
-		(read && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil)
+	repData, err := cl.pipe(subject).call(ctx, data, attempt)
+	retry := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, errAttempt)
 	if retry && subject != anyNode {
-		repData, err = cl.pipe(anyNode).call(ctx, data)
+		repData, err = cl.pipe(anyNode).call(ctx, data, 0)
 	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
@@ -287,171 +289,6 @@ func (cl *Client) check(req *wire.Request) error {
 	}
 	return nil
 }
-
-// pipeDepth is how many messages a client keeps in flight to one node;
-// requests made while that many are out wait and leave together in one
-// frame (see wire.AppendFrame). Alone, a request waits for nothing.
-const pipeDepth = 2
-
-// pipeStall is how long a request waits behind full pipe before it is
-// sent on its own: a message stuck on a node that just crashed must not
-// hold back what follows it.
-const pipeStall = 10 * time.Millisecond
-
-// maxFrameBytes bounds one frame, under NATS's default 1 MiB payload.
-const maxFrameBytes = 768 << 10
-
-// pipe carries the requests to one subject.
-type pipe struct {
-	cl       *Client
-	subject  string
-	mu       sync.Mutex
-	pending  []*call
-	inflight int
-}
-
-// call is one request waiting for its reply.
-type call struct {
-	ctx   context.Context
-	taken bool // in a message on its way; set under the pipe's lock
-	req   []byte
-	rep   []byte
-	err   error
-	done  chan struct{}
-}
-
-func (cl *Client) pipe(subject string) *pipe {
-	if p, ok := cl.pipes.Load(subject); ok {
-		return p.(*pipe)
-	}
-	p, _ := cl.pipes.LoadOrStore(subject, &pipe{cl: cl, subject: subject})
-	return p.(*pipe)
-}
-
-// call sends req and returns the reply's bytes.
-func (p *pipe) call(ctx context.Context, req []byte) ([]byte, error) {
-	c := &call{ctx: ctx, req: req, done: make(chan struct{})}
-	p.mu.Lock()
-	p.pending = append(p.pending, c)
-	start := p.inflight < pipeDepth
-	if start {
-		p.inflight++
-	}
-	p.mu.Unlock()
-	if start {
-		go p.run()
-	}
-	stall := time.NewTimer(pipeStall)
-	defer stall.Stop()
-	for {
-		select {
-		case <-c.done:
-			return c.rep, c.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-stall.C:
-			p.mu.Lock()
-			waiting := !c.taken
-			if waiting {
-				p.inflight++
-			}
-			p.mu.Unlock()
-			if waiting {
-				go p.run()
-			}
-		}
-	}
-}
-
-func (p *pipe) run() {
-	for {
-		p.mu.Lock()
-		n, size := 0, 0
-		for n < len(p.pending) && n < wire.MaxFrame && (n == 0 || size+len(p.pending[n].req) <= maxFrameBytes) {
-			size += len(p.pending[n].req) + 8
-			n++
-		}
-		if n == 0 {
-			p.inflight--
-			p.pending = nil // drop the drained backing array
-			p.mu.Unlock()
-			return
-		}
-		batch := p.pending[:n:n]
-		p.pending = p.pending[n:]
-		for _, c := range batch {
-			c.taken = true
-		}
-		p.mu.Unlock()
-		// A request whose caller gave up is not sent: applied late, a write
-		// would overwrite what its caller wrote after it.
-		live := batch[:0:0]
-		for _, c := range batch {
-			if c.ctx.Err() != nil {
-				c.err = c.ctx.Err()
-				close(c.done)
-				continue
-			}
-			live = append(live, c)
-		}
-		if len(live) > 0 {
-			p.send(live)
-		}
-	}
-}
-
-// send sends calls as one request, or one frame, and hands out the replies.
-func (p *pipe) send(calls []*call) {
-	defer func() {
-		for _, c := range calls {
-			close(c.done)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cl.opts.Timeout)
-	defer cancel()
-	if len(calls) == 1 {
-		msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, calls[0].req)
-		if err != nil {
-			calls[0].err = err
-			return
-		}
-		calls[0].rep = msg.Data
-		return
-	}
-	reqs := make([][]byte, len(calls))
-	for i, c := range calls {
-		reqs[i] = c.req
-	}
-	msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, wire.AppendFrame(nil, false, reqs))
-	var parts [][]byte
-	if err == nil {
-		parts, err = wire.ParseFrame(msg.Data, true)
-		if err == nil && len(parts) != len(calls) {
-			err = fmt.Errorf("%d replies to %d requests", len(parts), len(calls))
-		}
-		if err != nil {
-			err = fmt.Errorf("%w: bad frame reply: %v", ErrUnavailable, err)
-		}
-	}
-	for i, c := range calls {
-		switch {
-		case err != nil:
-			c.err = err
-		case bytes.HasPrefix(parts[i], frameFull):
-			// The frame's reply was full: this one is asked alone.
-			msg, err := p.cl.c.NC.RequestWithContext(ctx, p.subject, c.req)
-			if err != nil {
-				c.err = err
-				continue
-			}
-			c.rep = msg.Data
-		default:
-			c.rep = parts[i]
-		}
-	}
-}
-
-var frameFull = []byte("ERR " + wire.CodeFrameFull + " ")
 
 // wrapErr maps a protocol error to the Client's errors.
 func wrapErr(err error) error {

@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	requests    *prometheus.CounterVec // op, result
 	forwarded   *prometheus.CounterVec // op
+	messages    prometheus.Counter     // NATS messages carrying requests
 	replication *prometheus.CounterVec // result: ok, gone, failed
 	replBatches prometheus.Counter
 	rejected    *prometheus.CounterVec // kind: request, batch
@@ -28,6 +29,8 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_requests_total",
 			Help: "Record requests served by this node, by operation and result."}, []string{"op", "result"}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachebus_node_request_messages_total",
+			Help: "NATS messages carrying record requests: a frame counts once, so requests_total over this is how many requests a message carries."}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_forwarded_total",
 			Help: "Record requests forwarded to the node serving their partition."}, []string{"op"}),
 		replication: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachebus_node_replications_total",
@@ -55,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 		return m, nil
 	}
 	reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": node}, reg)
-	for _, c := range []prometheus.Collector{m.requests, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.handedOut, m.partitions, m.ltRefused, m.isoRefused, m.isolated} {
+	for _, c := range []prometheus.Collector{m.requests, m.messages, m.forwarded, m.replication, m.replBatches, m.rejected, m.handover, m.handedIn, m.handedOut, m.partitions, m.ltRefused, m.isoRefused, m.isolated} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}

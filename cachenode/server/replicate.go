@@ -13,49 +13,88 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// replicate sends a write of partition p, already stored here, to every
-// other node that must hold it (see topology.Table.Targets) and waits for
-// each to acknowledge. A target with no subscriber is gone (crashed, not
-// yet declared dead) and is skipped: it copies the partition again when it
-// returns. Any other failure fails the write.
-func (s *Server) replicate(ctx context.Context, p int, e *wire.Entry) error {
+// replicaWrite is a write of partition p, already stored here, to be
+// replicated; err is what failed, if anything.
+type replicaWrite struct {
+	p   int
+	e   *wire.Entry
+	err error
+}
+
+// replicate sends writes to every other node that must hold them (see
+// topology.Table.Targets) and waits for each to acknowledge, setting the
+// err of a write that failed. The writes reach each target's replicator
+// together, so they travel in one message. A target with no subscriber is
+// gone (crashed, not yet declared dead) and is skipped: it copies the
+// partition again when it returns. Any other failure fails the write.
+func (s *Server) replicate(ctx context.Context, writes []*replicaWrite) {
+	tab := s.tracker.Table()
 	var tbuf [4]string
-	targets := s.tracker.Table().Targets(p, s.cfg.ID, tbuf[:0])
-	if len(targets) == 0 {
-		return nil
+	byTarget := map[string][]*replWrite{}
+	g := &replGroup{}
+	for _, w := range writes {
+		targets := tab.Targets(w.p, s.cfg.ID, tbuf[:0])
+		if len(targets) == 0 {
+			continue
+		}
+		rw := &replWrite{entry: wire.AppendEntry(make([]byte, 0, wire.EntrySize(w.e)), w.e), write: w, group: g}
+		for _, id := range targets {
+			byTarget[id] = append(byTarget[id], rw)
+			g.waiting++
+		}
 	}
-	w := &replWrite{entry: wire.AppendEntry(make([]byte, 0, wire.EntrySize(e)), e), done: make(chan error, len(targets))}
-	for _, id := range targets {
-		s.replicator(id).enqueue(w)
+	if g.waiting == 0 {
+		return
 	}
-	var errs []error
+	g.acks = make(chan replAck, g.waiting)
+	for id, ws := range byTarget {
+		s.replicator(id).enqueue(ws)
+	}
 	stall := time.NewTimer(replStall)
 	defer stall.Stop()
-	for got := 0; got < len(targets); {
+	for g.waiting > 0 {
 		select {
-		case err := <-w.done:
-			got++
-			if err != nil {
-				errs = append(errs, err)
+		case a := <-g.acks:
+			g.waiting--
+			if a.err != nil {
+				a.w.write.err = errors.Join(a.w.write.err, a.err)
 			}
 		case <-stall.C:
 			// A batch is stuck on a target (one that has just crashed
-			// never answers): this write must not wait behind it.
-			for _, id := range targets {
+			// never answers): these writes must not wait behind it.
+			for id := range byTarget {
 				s.replicator(id).nudge()
 			}
 			stall.Reset(replStall)
 		case <-ctx.Done():
-			return wire.Errorf(wire.CodeUnavailable, "stored on %s, replication not confirmed: %v", s.cfg.ID, ctx.Err())
+			err := wire.Errorf(wire.CodeUnavailable, "stored on %s, replication not confirmed: %v", s.cfg.ID, ctx.Err())
+			for _, w := range writes {
+				if w.err == nil {
+					w.err = err
+				}
+			}
+			return
 		}
 	}
-	return errors.Join(errs...)
 }
 
-// replWrite is one write waiting for a target's acknowledgement.
+// replWrite is one encoded write waiting for a target's acknowledgement.
 type replWrite struct {
-	entry []byte // one encoded entry
-	done  chan error
+	entry []byte
+	write *replicaWrite
+	group *replGroup
+}
+
+// replGroup gathers the acknowledgements of the writes replicate sent
+// together: one per write and target.
+type replGroup struct {
+	waiting int
+	acks    chan replAck
+}
+
+type replAck struct {
+	w   *replWrite
+	err error
 }
 
 // replicator sends writes to one target. Writes that arrive while a batch
@@ -94,9 +133,9 @@ func (s *Server) replicator(id string) *replicator {
 	return r
 }
 
-func (r *replicator) enqueue(w *replWrite) {
+func (r *replicator) enqueue(ws []*replWrite) {
 	r.mu.Lock()
-	r.pending = append(r.pending, w)
+	r.pending = append(r.pending, ws...)
 	r.startIf(r.senders == 0 || time.Since(r.last) > replStall)
 }
 
@@ -146,7 +185,7 @@ func (r *replicator) run() {
 		err := r.s.replicateTo(ctx, r.id, buf, len(batch))
 		cancel()
 		for _, w := range batch {
-			w.done <- err
+			w.group.acks <- replAck{w: w, err: err}
 		}
 	}
 }

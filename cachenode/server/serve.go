@@ -25,8 +25,13 @@ func (s *Server) Do(ctx context.Context, req *wire.Request) wire.Reply {
 	} else {
 		rep = s.one(ctx, req)
 	}
-	s.m.requests.WithLabelValues(req.Op.String(), result(rep)).Inc()
+	s.count(req.Op, rep)
 	return rep
+}
+
+// count counts a request served with rep.
+func (s *Server) count(op wire.Op, rep wire.Reply) {
+	s.m.requests.WithLabelValues(op.String(), result(rep)).Inc()
 }
 
 func result(r wire.Reply) string {
@@ -120,17 +125,7 @@ func (s *Server) local(ctx context.Context, req *wire.Request, p int) wire.Reply
 		if s.isolated.Load() {
 			return wire.ErrorReply(s.isolatedRefusal())
 		}
-		e := wire.Entry{NS: req.NS, Key: req.Key, Writer: s.writer, Value: req.Value}
-		now := time.Now()
-		if req.Op == wire.OpDelete {
-			e.Deleted, e.Value, e.Deadline = true, nil, now.Add(tombstoneTTL).UnixNano()
-		} else {
-			ttl := req.TTL
-			if ttl <= 0 {
-				ttl = s.cfg.DefaultTTL
-			}
-			e.Deadline = now.Add(min(ttl, s.cfg.MaxTTL)).UnixNano()
-		}
+		e := s.writeEntry(req)
 		if s.recLog != nil && s.recLog.LongTerm(e.NS) {
 			if err := s.writeLongTerm(ctx, p, &e); err != nil {
 				return wire.ErrorReply(err)
@@ -139,14 +134,38 @@ func (s *Server) local(ctx context.Context, req *wire.Request, p int) wire.Reply
 			if err := s.rec.write(&e); err != nil {
 				return wire.ErrorReply(err)
 			}
-			if err := s.replicate(ctx, p, &e); err != nil {
-				return wire.ErrorReply(err)
+			w := replicaWrite{p: p, e: &e}
+			s.replicate(ctx, []*replicaWrite{&w})
+			if w.err != nil {
+				return wire.ErrorReply(w.err)
 			}
 		}
-		return wire.Reply{Status: wire.StatusOK, Item: wire.Item{Found: true, Version: e.Version,
-			Expires: e.Deadline / int64(time.Millisecond)}}
+		return written(&e)
 	}
 	return wire.ErrorReply(wire.Errorf(wire.CodeBadRequest, "unknown operation %s", req.Op))
+}
+
+// writeEntry is the entry a put or delete req makes on this node now;
+// its version is set when it is stored.
+func (s *Server) writeEntry(req *wire.Request) wire.Entry {
+	e := wire.Entry{NS: req.NS, Key: req.Key, Writer: s.writer, Value: req.Value}
+	now := time.Now()
+	if req.Op == wire.OpDelete {
+		e.Deleted, e.Value, e.Deadline = true, nil, now.Add(tombstoneTTL).UnixNano()
+	} else {
+		ttl := req.TTL
+		if ttl <= 0 {
+			ttl = s.cfg.DefaultTTL
+		}
+		e.Deadline = now.Add(min(ttl, s.cfg.MaxTTL)).UnixNano()
+	}
+	return e
+}
+
+// written is the reply to a write whose entry e is stored and replicated.
+func written(e *wire.Entry) wire.Reply {
+	return wire.Reply{Status: wire.StatusOK, Item: wire.Item{Found: true, Version: e.Version,
+		Expires: e.Deadline / int64(time.Millisecond)}}
 }
 
 // get reads a record, stale ones included while fallback is on for ns.
@@ -258,7 +277,9 @@ func (s *Server) writeLongTerm(ctx context.Context, p int, e *wire.Entry) error 
 	if _, err := s.rec.apply(e); err != nil {
 		return wire.Errorf(wire.CodeInternal, "long-term write %s/%s kept in the record log but not stored on %s: %v", e.NS, e.Key, s.cfg.ID, err)
 	}
-	return s.replicate(ctx, p, e)
+	w := replicaWrite{p: p, e: e}
+	s.replicate(ctx, []*replicaWrite{&w})
+	return w.err
 }
 
 // logRecord is the record-log form of e, a write of partition p.

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -306,6 +305,7 @@ func (s *Server) worker() {
 
 // handle answers one record request, or a frame of them, from NATS.
 func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
+	s.m.messages.Inc()
 	if wire.IsFrame(m.Data) {
 		return s.handleFrame(m, buf)
 	}
@@ -331,10 +331,8 @@ func (s *Server) respond(m *nats.Msg, reply []byte) {
 
 // answer appends the reply to one encoded request to buf.
 func (s *Server) answer(data, buf []byte) ([]byte, wire.Op) {
-	req, err := wire.ParseRequest(data, s.lim)
+	req, err := s.parse(data)
 	if err != nil {
-		s.m.rejected.WithLabelValues("request").Inc()
-		s.log.Warn("rejected record request", "bytes", len(data), "err", err)
 		rep := wire.ErrorReply(err)
 		return rep.Append(buf, req.Op), req.Op
 	}
@@ -344,44 +342,105 @@ func (s *Server) answer(data, buf []byte) ([]byte, wire.Op) {
 	return rep.Append(buf, req.Op), req.Op
 }
 
-// handleFrame answers every request of a frame, at once, in one reply:
-// reads return at once, writes wait for their replication together (the
-// replicators send them to each backup in one message).
+// parse decodes a request from NATS, counting and logging what it refuses.
+func (s *Server) parse(data []byte) (wire.Request, error) {
+	req, err := wire.ParseRequest(data, s.lim)
+	if err != nil {
+		s.m.rejected.WithLabelValues("request").Inc()
+		s.log.Warn("rejected record request", "bytes", len(data), "err", err)
+	}
+	return req, err
+}
+
+// handleFrame answers every request of a frame in one reply. Reads are
+// answered at once; the writes of partitions this node serves are stored
+// and then replicated together, each backup getting them in one message,
+// and waited for once; any other request (a forward, a long-term write)
+// is answered on its own goroutine.
 func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 	parts, err := wire.ParseFrame(m.Data, false)
 	if err != nil {
 		s.m.rejected.WithLabelValues("request").Inc()
 		s.log.Warn("rejected record frame", "bytes", len(m.Data), "err", err)
 		rep := wire.ErrorReply(err)
-		buf = rep.Append(buf, wire.OpGet)
-	} else {
-		replies := make([][]byte, len(parts))
-		var wg sync.WaitGroup
-		for i, p := range parts {
-			if !bytes.HasPrefix(p, []byte("get ")) {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					replies[i], _ = s.answer(p, nil)
-				}()
+		s.respond(m, rep.Append(buf, wire.OpGet))
+		return buf
+	}
+	replies := make([][]byte, len(parts))
+	var wg sync.WaitGroup
+	var writes []*replicaWrite
+	var at []int // index in parts of each of writes
+	for i, p := range parts {
+		req, err := s.parse(p)
+		switch {
+		case err != nil:
+			rep := wire.ErrorReply(err)
+			replies[i] = rep.Append(nil, req.Op)
+		case req.Op == wire.OpGet:
+			replies[i], _ = s.answer(p, nil)
+		case s.storesHere(&req):
+			e := s.writeEntry(&req)
+			if err := s.rec.write(&e); err != nil {
+				rep := wire.ErrorReply(err)
+				s.count(req.Op, rep)
+				replies[i] = rep.Append(nil, req.Op)
 				continue
 			}
-			replies[i], _ = s.answer(p, nil)
+			writes = append(writes, &replicaWrite{p: partition.PartitionOf(req.Key), e: &e})
+			at = append(at, i)
+		default:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				replies[i], _ = s.answer(p, nil)
+			}()
 		}
-		wg.Wait()
-		// Replies past the payload limit are sent back to be asked again
-		// alone.
-		size, limit := 0, s.replyLimit()
-		for i, r := range replies {
-			if size += len(r) + 16; size > limit {
-				rep := wire.ErrorReply(wire.Errorf(wire.CodeFrameFull, "reply does not fit the frame; send the request alone"))
-				replies[i] = rep.Append(nil, wire.OpGet)
-			}
-		}
-		buf = wire.AppendFrame(buf, true, replies)
 	}
+	if len(writes) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
+		s.replicate(ctx, writes)
+		cancel()
+		for j, w := range writes {
+			rep := written(w.e)
+			if w.err != nil {
+				rep = wire.ErrorReply(w.err)
+			}
+			op := wire.OpPut
+			if w.e.Deleted {
+				op = wire.OpDelete
+			}
+			s.count(op, rep)
+			replies[at[j]] = rep.Append(nil, op)
+		}
+	}
+	wg.Wait()
+	// Replies past the payload limit are sent back to be asked again
+	// alone.
+	size, limit := 0, s.replyLimit()
+	for i, r := range replies {
+		if size += len(r) + 16; size > limit {
+			rep := wire.ErrorReply(wire.Errorf(wire.CodeFrameFull, "reply does not fit the frame; send the request alone"))
+			replies[i] = rep.Append(nil, wire.OpGet)
+		}
+	}
+	buf = wire.AppendFrame(buf, true, replies)
 	s.respond(m, buf)
 	return buf
+}
+
+// storesHere reports whether req is a write this node stores and
+// replicates itself, with no forward and no record log: a put or delete of
+// a partition it serves, in a namespace that is not long-term, while it is
+// not cut off from the cluster.
+func (s *Server) storesHere(req *wire.Request) bool {
+	if (req.Op != wire.OpPut && req.Op != wire.OpDelete) || req.NS == "" || s.isolated.Load() {
+		return false
+	}
+	if s.recLog != nil && s.recLog.LongTerm(req.NS) {
+		return false
+	}
+	_, local := s.route(req, partition.PartitionOf(req.Key))
+	return local
 }
 
 // replyLimit is the largest reply NATS carries, with room for headers.
