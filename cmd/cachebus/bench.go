@@ -37,10 +37,12 @@ type benchConfig struct {
 	Keys        int           `envconfig:"BENCH_KEYS" default:"100000" desc:"records: key space"`
 	Records     int           `envconfig:"BENCH_RECORDS" default:"1000000" desc:"replay: long-term records loaded, then replayed"`
 	Readers     int           `envconfig:"BENCH_READERS" default:"0" desc:"replay: readers of the parallel replay (0: the CPUs, 2 to 4)"`
+	Respond     int           `envconfig:"BENCH_RESPOND" default:"0" desc:"echo: answer as responder N (from 1) until stopped, instead of measuring"`
 }
 
 // benchKinds are the benchmarks `cachebus bench <kind>` runs.
 var benchKinds = map[string]func(ctx context.Context, env *runEnv, cfg *benchConfig) error{
+	"echo":    runBenchEcho,
 	"fanout":  runBenchFanout,
 	"records": runBenchRecords,
 	"replay":  runBenchReplay,
@@ -49,8 +51,8 @@ var benchKinds = map[string]func(ctx context.Context, env *runEnv, cfg *benchCon
 func init() {
 	register(&command{
 		name:    "bench",
-		summary: "measure the bus (fanout: publish→applied latency or throughput) or the cache tier (records: get and put ops/s; replay: long-term records read back into memory)",
-		usage:   "fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]\n  records [--clients 16] [--duration 10s] [--nodes 2] [--backups 1] [--size 100] [--nats URL]\n  replay [--records 1000000] [--size 100] [--rounds 3] [--readers N] [--nats URL]",
+		summary: "measure the bus (fanout: publish→applied latency or throughput) or the cache tier (records: get and put ops/s; echo: the NATS request/reply ceiling of records; replay: long-term records read back into memory)",
+		usage:   "echo [--clients 16] [--nodes 2] [--size 100] [--duration 10s] [--nats URL] [--respond N]\n  fanout [--subscribers 8] [--rate 10000] [--duration 10s] [--memo] [--throughput] [--batch 100] [--nats URL]\n  records [--clients 16] [--duration 10s] [--nodes 2] [--backups 1] [--size 100] [--nats URL]\n  replay [--records 1000000] [--size 100] [--rounds 3] [--readers N] [--nats URL]",
 		config: func() any {
 			return &benchConfig{Subscribers: 8, Rate: 10000, Duration: 10 * time.Second, Batch: 100,
 				Clients: 16, Conns: 1, Nodes: 2, Backups: 1, Size: 100, Keys: 100000, Records: 1000000}
@@ -76,6 +78,7 @@ func init() {
 			fs.IntVar(&cfg.Size, "size", cfg.Size, "records: value size in bytes")
 			fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "records: key space")
 			fs.IntVar(&cfg.Records, "records", cfg.Records, "replay: long-term records loaded, then replayed")
+			fs.IntVar(&cfg.Respond, "respond", cfg.Respond, "echo: answer as responder N (from 1) until stopped, instead of measuring")
 			fs.IntVar(&cfg.Readers, "readers", cfg.Readers, "replay: readers of the parallel replay (0: the CPUs, 2 to 4)")
 		},
 		run: runBench,
@@ -165,4 +168,35 @@ func runBenchRecords(ctx context.Context, env *runEnv, cfg *benchConfig) error {
 		return benchDone(env, "records", nil, err)
 	}
 	return benchDone(env, "records", res, err)
+}
+
+// runBenchEcho measures the NATS request/reply ceiling of the records
+// benchmark, or with --respond serves as one of its responders (the
+// records script runs them as processes of their own, like cache nodes).
+func runBenchEcho(ctx context.Context, env *runEnv, cfg *benchConfig) error {
+	if cfg.Respond > 0 {
+		if cfg.NATS == "" {
+			return usagef("echo --respond needs --nats")
+		}
+		stop, err := bench.Respond(ctx, cfg.NATS, cfg.Respond, env.log)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "echo responder %d on %s\n", cfg.Respond, bench.EchoSubject(cfg.Respond))
+		<-ctx.Done()
+		stop()
+		return nil
+	}
+	res, err := bench.Echo(ctx, bench.EchoConfig{
+		URL:        cfg.NATS,
+		Responders: cfg.Nodes,
+		Clients:    cfg.Clients,
+		Duration:   cfg.Duration,
+		Size:       cfg.Size,
+		Log:        env.log,
+	})
+	if res == nil {
+		return benchDone(env, "echo", nil, err)
+	}
+	return benchDone(env, "echo", res, err)
 }

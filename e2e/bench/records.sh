@@ -5,8 +5,13 @@
 #      client process: CLIENTS requests in flight, SIZE-byte values;
 #   2. redis-server (no persistence) measured by redis-benchmark with the
 #      same number of connections, value size and key space, GET and SET;
+#   3. the ceiling of NATS request/reply on this machine: NODES echo
+#      responder processes answering CLIENTS requests in flight, framed as
+#      well as they can be, with nothing behind them (cachebus bench echo);
 # then a summary with the ratios the cache node issue sets targets for
-# (get ≥ 0.7 × Redis, put with one backup ≥ 0.5 × Redis). It installs
+# (get ≥ 0.7 × Redis, put with one backup ≥ 0.5 × Redis), and how near the
+# get comes to the NATS ceiling. GOMAXPROCS, when set, applies to every
+# cachebus process (nats, nodes, responders, client). It installs
 # nothing: redis-server and redis-benchmark must be on PATH (Debian:
 # apt-get install redis-server). Everything listens on 127.0.0.1 and is
 # stopped on exit.
@@ -75,6 +80,21 @@ echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/de
 
 step cachebus "$work/cachebus" bench records --nats "$url" --clients "$CLIENTS" --duration "$DURATION" \
 	--size "$SIZE" --keys "$KEYS"
+echoes=()
+for i in $(seq 1 "$NODES"); do
+	"$work/cachebus" bench echo --respond "$i" --nats "$url" >"$work/echo$i.log" 2>&1 &
+	echoes+=($!)
+	pids+=($!)
+done
+for i in $(seq 1 "$NODES"); do
+	for _ in $(seq 1 100); do
+		grep -q "echo responder" "$work/echo$i.log" && break
+		sleep 0.1
+	done
+done
+step echo "$work/cachebus" bench echo --nats "$url" --nodes "$NODES" --clients "$CLIENTS" --duration "$DURATION" \
+	--size "$SIZE"
+kill "${echoes[@]}" 2>/dev/null || true
 # redis-benchmark counts requests, not time: give it as many as our rate
 # could do in DURATION at Redis's speed, bounded so the step stays short.
 secs=${DURATION%s}
@@ -102,6 +122,10 @@ for op in get put; do
 		"$(awk -v a="${a:-0}" -v b="${b:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" "≥ $target"
 done
 echo "cachebus p99: get $(p99 get) µs, put $(p99 put) µs"
+ceiling=$(awk '$1 == "nats" && $2 == "echo" { print $3 }' "$work/echo.out")
+echo "NATS request/reply ceiling (echo, nothing behind it): ${ceiling:--} req/s;" \
+	"cachebus get at $(awk -v a="$(ours get)" -v b="${ceiling:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') of it," \
+	"Redis GET at $(awk -v a="$(theirs GET)" -v b="${ceiling:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') of it"
 if ((${#failed[@]} > 0)); then
 	echo "records.sh: failed: ${failed[*]}" >&2
 	exit 1
