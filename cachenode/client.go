@@ -67,13 +67,16 @@ type Record struct {
 // the node serving the key's partition, or, while it knows of none, to the
 // subject any node answers and forwards.
 type Client struct {
-	c       *bus.Conn
-	opts    ClientOptions
-	tracker *topology.Tracker
-	pipes   sync.Map // subject → *pipe
-	replies replies
+	c        *bus.Conn
+	opts     ClientOptions
+	tracker  *topology.Tracker
+	pipes    sync.Map // subject → *pipe
+	subjects sync.Map // node id → its record subject, built once
+	replies  replies
 	// readAttempt bounds a read's first try at the node it addresses.
 	readAttempt time.Duration
+	// stall is pipeStall; tests that hold a message lengthen it.
+	stall time.Duration
 }
 
 // NewClient starts following the cache tier.
@@ -96,7 +99,7 @@ func NewClient(ctx context.Context, c *bus.Conn, opts ClientOptions) (*Client, e
 	if ft <= 0 {
 		ft = 5 * time.Second
 	}
-	cl := &Client{c: c, opts: opts, tracker: t, readAttempt: ft / 2}
+	cl := &Client{c: c, opts: opts, tracker: t, readAttempt: ft / 2, stall: pipeStall}
 	if err := cl.listen(); err != nil {
 		t.Stop()
 		return nil, err
@@ -220,7 +223,12 @@ func (cl *Client) target(key string, replica bool) string {
 	if id == "" {
 		return cl.c.Subjects.RecordAny()
 	}
-	return cl.c.Subjects.RecordNode(id)
+	if subj, ok := cl.subjects.Load(id); ok {
+		return subj.(string)
+	}
+	subj := cl.c.Subjects.RecordNode(id)
+	cl.subjects.Store(id, subj)
+	return subj
 }
 
 // do checks req, sends it to subject and decodes the reply. A node that

@@ -214,7 +214,7 @@ func (p *pipe) done() {
 // been full for pipeStall.
 func (p *pipe) extra(now time.Time) {
 	p.mu.Lock()
-	stalled := len(p.pending) > 0 && p.inflight >= pipeDepth && now.Sub(p.lastSent) >= pipeStall
+	stalled := len(p.pending) > 0 && p.inflight >= pipeDepth && now.Sub(p.lastSent) >= p.cl.stall
 	if stalled {
 		p.inflight++
 	}

@@ -8,3 +8,6 @@ func (s *Server) Held(p int) bool { return s.held(p) }
 
 // HandedOut is how many records the node sent to peers taking partitions.
 func (s *Server) HandedOut() float64 { return testutil.ToFloat64(s.m.handedOut) }
+
+// ReplBatches is how many replication messages the node has sent.
+func (s *Server) ReplBatches() float64 { return testutil.ToFloat64(s.m.replBatches) }

@@ -3,15 +3,18 @@ package server
 import (
 	"fmt"
 
+	"github.com/cachebus/cachebus/cachenode/wire"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are a node's Prometheus metrics.
 type metrics struct {
-	requests    *prometheus.CounterVec // op, result
-	forwarded   *prometheus.CounterVec // op
-	messages    prometheus.Counter     // NATS messages carrying requests
-	replication *prometheus.CounterVec // result: ok, gone, failed
+	requests    *prometheus.CounterVec                                       // op, result
+	served      [wire.OpMGet + 1][wire.StatusNotFound + 1]prometheus.Counter // requests served, by op and status OK or NotFound
+	forwarded   *prometheus.CounterVec                                       // op
+	messages    prometheus.Counter                                           // NATS messages carrying requests
+	replication *prometheus.CounterVec                                       // result: ok, gone, failed
 	replBatches prometheus.Counter
 	rejected    *prometheus.CounterVec // kind: request, batch
 	handover    *prometheus.CounterVec // result
@@ -53,6 +56,11 @@ func newMetrics(reg prometheus.Registerer, node string) (*metrics, error) {
 			Help: "Writes refused while the node was cut off from the NATS majority; none of them was stored or acknowledged."}),
 		isolated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachebus_node_isolated",
 			Help: "1 while the node is cut off from the NATS majority: it announces no partition and refuses writes."}),
+	}
+	for op := wire.OpGet; op <= wire.OpMGet; op++ {
+		for st, name := range map[wire.Status]string{wire.StatusOK: "ok", wire.StatusNotFound: "not_found"} {
+			m.served[op][st] = m.requests.WithLabelValues(op.String(), name)
+		}
 	}
 	if reg == nil {
 		return m, nil

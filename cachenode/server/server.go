@@ -356,6 +356,11 @@ func (s *Server) answer(data, buf []byte) ([]byte, wire.Op) {
 		rep := wire.ErrorReply(err)
 		return rep.Append(buf, req.Op), req.Op
 	}
+	if req.Op == wire.OpGet {
+		// A get waits for nothing here, and a forward bounds itself.
+		rep := s.Do(context.Background(), &req)
+		return rep.Append(buf, req.Op), req.Op
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
 	rep := s.Do(ctx, &req)
 	cancel()
