@@ -372,7 +372,7 @@ func TestClusterFrozenStreamLeader(t *testing.T) {
 
 	t.Logf("SIGSTOP of %s, the event log's leader and the subscriber's server", leader.Name)
 	frozen := time.Now()
-	leader.P.Signal(syscall.SIGSTOP)
+	leader.P.Stop()
 	thawed := false
 	defer func() {
 		if !thawed {

@@ -85,7 +85,7 @@ func splitAndHeal(t *testing.T, leader string) {
 
 	t.Logf("SIGSTOP of %s and %s: %s, the node's server, is cut off from the JetStream majority", others[0].Name, others[1].Name, home.Name)
 	for _, n := range others {
-		n.P.Signal(syscall.SIGSTOP)
+		n.P.Stop()
 	}
 	thawed := false
 	thaw := func() {

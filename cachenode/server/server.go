@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -286,31 +285,12 @@ func (s *Server) subscribe() error {
 }
 
 func (s *Server) enqueue(m *nats.Msg) {
-	if readOnly(m.Data) {
-		// Reads wait for nothing: answered on the subscription's own
-		// goroutine, they skip a hand-off to a worker.
-		s.handle(m, nil)
-		return
-	}
 	s.workMu.RLock()
 	defer s.workMu.RUnlock()
 	if s.workOpen {
 		s.work <- m
 	}
 }
-
-// readOnly reports whether a request, or every request of a frame, is a
-// get: no write can hide in it, since only a put carries bytes after its
-// line and a frame's requests each start a line.
-func readOnly(data []byte) bool {
-	if !wire.IsFrame(data) {
-		return bytes.HasPrefix(data, getOp)
-	}
-	return !bytes.Contains(data, []byte("\nput ")) && !bytes.Contains(data, []byte("\ndel ")) &&
-		!bytes.Contains(data, []byte("\nmget "))
-}
-
-var getOp = []byte("get ")
 
 func (s *Server) worker() {
 	defer s.workers.Done()

@@ -204,7 +204,7 @@ func TestInvalidationUnderFaults(t *testing.T) {
 	t.Logf("NATS %s back after %d expires", n2.Name, sent.Load())
 
 	// Fault 2: SIGSTOP a memo client past the failure timeout.
-	stopped.p.Signal(syscall.SIGSTOP)
+	stopped.p.Stop()
 	stopAt, from := time.Now(), sent.Load()
 	t.Logf("SIGSTOPped %s after %d expires", stopped.id, from)
 	writesFrom("expires acknowledged while "+stopped.id+" is stopped", from)

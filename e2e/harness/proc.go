@@ -161,6 +161,56 @@ func (p *Proc) Signal(sig syscall.Signal) {
 	}
 }
 
+// Stop sends SIGSTOP and waits until every thread of the process has
+// stopped: until then a thread the signal has not reached yet, woken by
+// the network, may still answer, which a test of what a paused process
+// no longer does must not count on.
+func (p *Proc) Stop() {
+	p.t.Helper()
+	p.Signal(syscall.SIGSTOP)
+	task := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		running, err := runningThreads(task)
+		if err != nil {
+			p.t.Fatalf("%s: after SIGSTOP: %v", p.name, err)
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s: %d threads still not stopped 10s after SIGSTOP", p.name, running)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// runningThreads counts the threads under task (/proc/<pid>/task) that are
+// not stopped.
+func runningThreads(task string) (int, error) {
+	ents, err := os.ReadDir(task)
+	if err != nil {
+		return 0, err
+	}
+	running := 0
+	for _, e := range ents {
+		stat, err := os.ReadFile(task + "/" + e.Name() + "/stat")
+		if err != nil {
+			continue // the thread has exited
+		}
+		// The state follows the command name, which is in parentheses
+		// and may itself hold spaces or parentheses.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) {
+			return 0, fmt.Errorf("%s: malformed stat %q", task, stat)
+		}
+		if st := stat[i+2]; st != 'T' && st != 't' {
+			running++
+		}
+	}
+	return running, nil
+}
+
 // Kill sends SIGKILL and waits for the process to be gone.
 func (p *Proc) Kill() {
 	p.t.Helper()
