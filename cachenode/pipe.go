@@ -74,6 +74,19 @@ func (c *call) finish(rep []byte, err error) {
 	}
 }
 
+// wait returns the call's outcome once it is finished, or ctx's error:
+// then the call is finished with it unless something else finished it
+// first, whose outcome it waits for.
+func (c *call) wait(ctx context.Context) ([]byte, error) {
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		c.finish(nil, ctx.Err())
+		<-c.done
+	}
+	return c.rep, c.err
+}
+
 // frame is one message in flight and the calls it carries.
 type frame struct {
 	p     *pipe
@@ -115,12 +128,7 @@ func (p *pipe) call(ctx context.Context, req []byte, attempt time.Duration) ([]b
 		runtime.Gosched()
 		p.sendPending()
 	}
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		c.finish(nil, ctx.Err())
-	}
-	return c.rep, c.err
+	return c.wait(ctx)
 }
 
 // sendPending sends what is pending in one message, for the slot in

@@ -367,24 +367,32 @@ func (s *Store) GetUntil(ns, key string) ([]byte, int64, Lookup) {
 	if sp == nil {
 		return nil, 0, Miss
 	}
+	rules := sp.rules.Load() // before the entry: see check
 	entry, err := sp.cache.Load().Get(key)
 	if err != nil {
 		return nil, 0, Miss
 	}
-	h, l := sp.check(key, entry, now())
+	h, l := sp.check(key, entry, now(), rules)
 	if l == Miss {
 		return nil, 0, Miss
 	}
 	return entry[h.valueAt:], h.deadline, l
 }
 
-// check says what entry, stored under key, is worth at t.
-func (sp *space) check(key string, entry []byte, t int64) (entryHeader, Lookup) {
+// check says what entry, stored under key, is worth at t. before is the
+// namespace's flush rules as loaded before the entry was read: a sweep
+// deletes what a rule covers and only then forgets the rule, so an entry
+// read before the sweep deleted it is checked against the rule even when
+// it is forgotten by now. The current rules add those made since.
+func (sp *space) check(key string, entry []byte, t int64, before *flushRules) (entryHeader, Lookup) {
 	h, ok := parseEntry(entry)
 	if !ok || h.seq <= sp.flushedAt.Load() {
 		return h, Miss
 	}
-	if r := sp.rules.Load(); r != nil && r.covers(key, h) {
+	if before != nil && before.covers(key, h) {
+		return h, Miss
+	}
+	if r := sp.rules.Load(); r != nil && r != before && r.covers(key, h) {
 		return h, Miss
 	}
 	switch {
@@ -405,6 +413,7 @@ func (s *Store) Range(ns string, fn func(key string, value []byte, deadline int6
 		return
 	}
 	t := now()
+	rules := sp.rules.Load() // before any entry: see check
 	it := sp.cache.Load().Iterator()
 	for it.SetNext() {
 		ei, err := it.Value()
@@ -412,7 +421,7 @@ func (s *Store) Range(ns string, fn func(key string, value []byte, deadline int6
 			continue
 		}
 		entry := ei.Value()
-		h, l := sp.check(ei.Key(), entry, t)
+		h, l := sp.check(ei.Key(), entry, t, rules)
 		if l == Miss {
 			continue
 		}

@@ -220,3 +220,28 @@ func (s *Store) waitSwept(t testing.TB, ns string) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestExpireRaceWithSweep reads entries while the background sweep of an
+// expire deletes them and then forgets its rule: a read that copied an
+// entry before the sweep deleted it must still see it expired, not fresh
+// once the rule is gone. Every round expires a new tag and reads its
+// entries back at once, so reads keep meeting sweeps in progress.
+func TestExpireRaceWithSweep(t *testing.T) {
+	s := NewStore(StoreConfig{MaxMB: 8, Shards: 16})
+	defer s.Close()
+	const rounds, perRound = 3000, 8
+	for i := range rounds {
+		tag := fmt.Sprintf("t%d", i)
+		for j := range perRound {
+			if err := s.Set("ns", fmt.Sprintf("k%d-%d", i, j), []byte("v"), time.Hour, tag); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.ExpireTag("ns", tag)
+		for j := range perRound {
+			if _, l := s.Get("ns", fmt.Sprintf("k%d-%d", i, j)); l != Miss {
+				t.Fatalf("round %d: k%d-%d of expired tag %s read as %v", i, i, j, tag, l)
+			}
+		}
+	}
+}
