@@ -3,6 +3,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -85,12 +86,30 @@ func replayRecordLog(ctx context.Context, t testing.TB, c *bus.Conn, key string,
 	if err != nil {
 		t.Fatalf("record log: %v", err)
 	}
-	st, err := rl.Replay(ctx, RecordsNS, partition.All(), func(r persistence.Record) error {
-		fn(r)
-		return nil
-	}, nil)
-	if err != nil {
-		t.Fatalf("replay of the record log: %v", err)
+	// Just after a heal or a restart JetStream may answer 503 for a
+	// moment: the replay, which changes nothing, is tried again until the
+	// log reads, for a while.
+	deadline := time.Now().Add(30 * time.Second)
+	for attempt := 1; ; attempt++ {
+		var recs []persistence.Record
+		st, err := rl.Replay(ctx, RecordsNS, partition.All(), func(r persistence.Record) error {
+			r.Value = bytes.Clone(r.Value) // kept past the call
+			recs = append(recs, r)
+			return nil
+		}, nil)
+		if err == nil {
+			for _, r := range recs {
+				fn(r)
+			}
+			return st
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			t.Fatalf("replay of the record log, attempt %d: %v", attempt, err)
+		}
+		t.Logf("replay of the record log, attempt %d: %v; trying again", attempt, err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
-	return st
 }
