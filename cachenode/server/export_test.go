@@ -11,3 +11,9 @@ func (s *Server) HandedOut() float64 { return testutil.ToFloat64(s.m.handedOut) 
 
 // ReplBatches is how many replication messages the node has sent.
 func (s *Server) ReplBatches() float64 { return testutil.ToFloat64(s.m.replBatches) }
+
+// SetIsolated marks the node cut off from the NATS majority, or not, as
+// its reconcile would; a node that sees a minority of its baseline stays
+// as set (its JetStream probe only ever ends an isolation it sees the
+// majority again for).
+func (s *Server) SetIsolated(v bool) { s.isolated.Store(v) }

@@ -2,8 +2,12 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/cachebus/cachebus/bus/bustest"
 
 	"github.com/cachebus/cachebus/cachenode/partition"
 	"github.com/cachebus/cachebus/cachenode/wire"
@@ -65,6 +69,54 @@ func TestFrameWritesReplicateTogether(t *testing.T) {
 			t.Errorf("backup, deleted %s: %q", k, clipped(r))
 		case i < 5 && !bytes.HasSuffix(r, []byte("\nv-"+k)):
 			t.Errorf("backup, %s: %q", k, clipped(r))
+		}
+	}
+}
+
+// TestIsolatedRefusesAnyNode: a node cut off from the majority refuses
+// what comes through the any-node subject, which reaches it from the
+// majority's side as soon as a cut heals, and keeps answering its own
+// subject from what it holds.
+func TestIsolatedRefusesAnyNode(t *testing.T) {
+	cl := newCluster(t, "n1") // then a baseline of 3: n1 sees a minority
+	cl.waitSettled()
+	n1 := cl.nodes["n1"]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	put := wire.Request{Op: wire.OpPut, NS: "ns", Key: "k", Value: []byte("v1")}
+	if rep := cl.raw(cl.conn().Subjects.RecordAny(), put.Append(nil)); !bytes.HasPrefix(rep, []byte("OK ")) {
+		t.Fatalf("put: %q", clipped(rep))
+	}
+	v0 := n1.Table().Assignment.Version
+	if _, err := cl.baseline().SetBaseline(ctx, []partition.Member{{ID: "n1"}, {ID: "n2"}, {ID: "n3"}}, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	bustest.WaitFor(t, 10*time.Second, "n1 to see the baseline of 3", func() bool {
+		return n1.Table().Assignment.Version > v0
+	})
+	get := wire.Request{Op: wire.OpGet, NS: "ns", Key: "k"}
+	frame := wire.AppendFrame(nil, false, [][]byte{get.Append(nil), put.Append(nil)})
+	refused := func(r []byte) bool {
+		return bytes.HasPrefix(r, []byte("ERR unavailable n1 is cut off from the NATS majority and answers no request sent to any node"))
+	}
+	for _, isolated := range []bool{true, false} {
+		n1.SetIsolated(isolated)
+		anyRep := cl.raw(cl.conn().Subjects.RecordAny(), get.Append(nil))
+		if refused(anyRep) != isolated {
+			t.Errorf("isolated %v: get through any node: %q", isolated, clipped(anyRep))
+		}
+		parts, err := wire.ParseFrame(cl.raw(cl.conn().Subjects.RecordAny(), frame), true)
+		if err != nil || len(parts) != 2 {
+			t.Fatalf("isolated %v: frame through any node: %d replies, %v", isolated, len(parts), err)
+		}
+		for i, p := range parts {
+			if refused(p) != isolated {
+				t.Errorf("isolated %v: frame request %d through any node: %q", isolated, i, clipped(p))
+			}
+		}
+		own := cl.raw(cl.conn().Subjects.RecordNode("n1"), get.Append(nil))
+		if !bytes.HasSuffix(own, []byte("\nv1")) {
+			t.Errorf("isolated %v: get through n1's own subject: %q, want v1", isolated, clipped(own))
 		}
 	}
 }

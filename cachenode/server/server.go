@@ -306,6 +306,9 @@ func (s *Server) worker() {
 // handle answers one record request, or a frame of them, from NATS.
 func (s *Server) handle(m *nats.Msg, buf []byte) []byte {
 	s.m.messages.Inc()
+	if s.isolated.Load() && m.Subject == s.c.Subjects.RecordAny() {
+		return s.refuseAny(m, buf)
+	}
 	if wire.IsFrame(m.Data) {
 		return s.handleFrame(m, buf)
 	}
@@ -446,6 +449,38 @@ func (s *Server) storesHere(req *wire.Request) bool {
 	}
 	_, local := s.route(req, partition.PartitionOf(req.Key))
 	return local
+}
+
+// refuseAny answers every request of a message from the any-node subject
+// with an error while this node is cut off from the NATS majority. Its
+// own subject and its HTTP API go on serving reads of what it holds, to
+// the clients that can only reach it; but the any-node subject also
+// reaches it from the majority's side the moment the cut heals, before it
+// knows it is back, and it must not answer those with what it missed.
+func (s *Server) refuseAny(m *nats.Msg, buf []byte) []byte {
+	rep := wire.ErrorReply(wire.Errorf(wire.CodeUnavailable,
+		"%s is cut off from the NATS majority and answers no request sent to any node; ask again", s.cfg.ID))
+	refuse := func(data, buf []byte) []byte {
+		req, _ := wire.ParseRequest(data, s.lim)
+		s.count(req.Op, rep)
+		return rep.Append(buf, req.Op)
+	}
+	if !wire.IsFrame(m.Data) {
+		buf = refuse(m.Data, buf)
+		s.respond(m, buf)
+		return buf
+	}
+	parts, err := wire.ParseFrame(m.Data, false)
+	if err != nil {
+		return s.handleFrame(m, buf) // refuses the malformed frame as ever
+	}
+	replies := make([][]byte, len(parts))
+	for i, p := range parts {
+		replies[i] = refuse(p, nil)
+	}
+	buf = wire.AppendFrame(buf, true, replies)
+	s.respond(m, buf)
+	return buf
 }
 
 // replyLimit is the largest reply NATS carries, with room for headers.
