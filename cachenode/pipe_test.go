@@ -100,47 +100,51 @@ func (cl *Client) pendingOn(subject string) int {
 	return len(p.pending)
 }
 
-// TestPipeGathersRequests holds the first message until the others have
-// queued behind it: they must leave together in one frame, each caller
-// getting its own reply.
-func TestPipeGathersRequests(t *testing.T) {
-	cl, c := pipeClient(t, ClientOptions{})
-	cl.stall = time.Hour // the held message must not count as stalled
-	anyNode := c.Subjects.RecordAny()
-	const n = 20
-	release := make(chan struct{})
+// startHeldNode starts a fake node that holds its first message until
+// release is called.
+func startHeldNode(t *testing.T, c *bus.Conn, subject string) (node *fakeNode, release func()) {
+	held := make(chan struct{})
 	var first atomic.Bool
-	node := startFakeNode(t, c, anyNode, func(int) bool {
+	node = startFakeNode(t, c, subject, func(int) bool {
 		if first.CompareAndSwap(false, true) {
-			<-release
+			<-held
 		}
 		return true
 	})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	t.Cleanup(release)
+	return node, release
+}
+
+// getBehindFirst gets keys at once through cl, whose requests go to
+// subject, answered by node as held by startHeldNode: the first alone,
+// the others once it is out and held, all of them pending behind it
+// before it is released. Each caller must get its own key's value.
+func getBehindFirst(t *testing.T, cl *Client, subject string, node *fakeNode, release func(), keys []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, n+1)
-	get := func(key string) {
-		defer wg.Done()
-		r, err := cl.Get(ctx, "ns", key)
-		if err == nil && string(r.Value) != key {
-			err = fmt.Errorf("get %s: value %q", key, r.Value)
-		}
-		errs <- err
-	}
-	wg.Add(1)
-	go get("first")
-	for node.messages.Load() == 0 {
-		waitBriefly(t, ctx)
-	}
-	for i := range n {
+	errs := make(chan error, len(keys))
+	for i, key := range keys {
 		wg.Add(1)
-		go get(fmt.Sprintf("k%d", i))
+		go func() {
+			defer wg.Done()
+			r, err := cl.Get(ctx, "ns", key)
+			if err == nil && string(r.Value) != key {
+				err = fmt.Errorf("get %s: value %q", key, r.Value)
+			}
+			errs <- err
+		}()
+		for i == 0 && node.messages.Load() == 0 {
+			waitBriefly(t, ctx)
+		}
 	}
-	for cl.pendingOn(anyNode) < n {
+	for cl.pendingOn(subject) < len(keys)-1 {
 		waitBriefly(t, ctx)
 	}
-	close(release)
+	release()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -148,8 +152,23 @@ func TestPipeGathersRequests(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if m, r := node.messages.Load(), node.requests.Load(); m != 2 || r != n+1 {
-		t.Errorf("%d requests in %d messages; want %d in 2", r, m, n+1)
+}
+
+// TestPipeGathersRequests holds the first message until the others have
+// queued behind it: they must leave together in one frame, each caller
+// getting its own reply.
+func TestPipeGathersRequests(t *testing.T) {
+	cl, c := pipeClient(t, ClientOptions{})
+	cl.stall = time.Hour // the held message must not count as stalled
+	anyNode := c.Subjects.RecordAny()
+	node, release := startHeldNode(t, c, anyNode)
+	keys := []string{"first"}
+	for i := range 20 {
+		keys = append(keys, fmt.Sprintf("k%d", i))
+	}
+	getBehindFirst(t, cl, anyNode, node, release, keys)
+	if m, r := node.messages.Load(), node.requests.Load(); m != 2 || r != 21 {
+		t.Errorf("%d requests in %d messages; want 21 in 2", r, m)
 	}
 }
 
@@ -252,47 +271,9 @@ func TestPipeFrameFull(t *testing.T) {
 	cl, c := pipeClient(t, ClientOptions{})
 	cl.stall = time.Hour // the held message must not count as stalled
 	anyNode := c.Subjects.RecordAny()
-	release := make(chan struct{})
-	var first atomic.Bool
-	node := startFakeNode(t, c, anyNode, func(int) bool {
-		if first.CompareAndSwap(false, true) {
-			<-release
-		}
-		return true
-	})
+	node, release := startHeldNode(t, c, anyNode)
 	node.full["k1"], node.full["k3"] = true, true
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 5)
-	for i := range 5 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			key := fmt.Sprintf("k%d", i)
-			r, err := cl.Get(ctx, "ns", key)
-			if err == nil && string(r.Value) != key {
-				err = fmt.Errorf("get %s: value %q", key, r.Value)
-			}
-			errs <- err
-		}()
-		if i == 0 {
-			for node.messages.Load() == 0 {
-				waitBriefly(t, ctx)
-			}
-		}
-	}
-	for cl.pendingOn(anyNode) < 4 {
-		waitBriefly(t, ctx)
-	}
-	close(release)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	getBehindFirst(t, cl, anyNode, node, release, []string{"k0", "k1", "k2", "k3", "k4"})
 	// k0 alone, k1..k4 in a frame, then k1 and k3 again alone.
 	if m, r := node.messages.Load(), node.requests.Load(); m != 4 || r != 7 {
 		t.Errorf("%d requests in %d messages; want 7 in 4", r, m)
