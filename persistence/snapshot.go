@@ -646,6 +646,7 @@ func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, sp *snapshot
 		st      ReplayStats
 		mu      sync.Mutex // guards st, firstEr and the progress figures
 		firstEr error
+		stopped atomic.Bool // set with firstEr, read before each call of fn
 		wg      sync.WaitGroup
 		done    = map[int]bool{}
 		lastRep time.Time
@@ -707,12 +708,16 @@ func (l *RecordLog) replaySnapshots(ctx context.Context, ns string, sp *snapshot
 					case r.Deleted:
 						deleted++
 					}
+					if stopped.Load() {
+						break // fn ended the replay on another reader
+					}
 					records++
 					if err := fn(*r); err != nil {
 						mu.Lock()
 						if firstEr == nil {
 							firstEr = err
 						}
+						stopped.Store(true)
 						mu.Unlock()
 						break
 					}
