@@ -99,11 +99,12 @@ func Echo(ctx context.Context, cfg EchoConfig) (*EchoResult, error) {
 			defer stop()
 		}
 	}
-	nc, err := nats.Connect(url, nats.Name("cachebus bench echo"))
+	c, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Prefix: bus.DefaultPrefix, Name: "cachebus bench echo"}, bus.WithLogger(cfg.Log))
 	if err != nil {
-		return nil, fmt.Errorf("bench: connect %s: %w", bus.RedactURL(url), err)
+		return nil, err
 	}
-	defer nc.Close()
+	defer c.NC.Close()
+	nc := c.NC
 	per := (cfg.Clients + cfg.Responders - 1) / cfg.Responders
 	payload := make([]byte, per*(cfg.Size+echoOverhead))
 	res := &EchoResult{Config: cfg, Machine: ThisMachine(), PerMessage: per}
@@ -143,10 +144,11 @@ func Echo(ctx context.Context, cfg EchoConfig) (*EchoResult, error) {
 // Respond answers echo requests on EchoSubject(i) of the NATS server at
 // url until stop is called or ctx is done.
 func Respond(ctx context.Context, url string, i int, log *slog.Logger) (stop func(), err error) {
-	nc, err := nats.Connect(url, nats.Name(fmt.Sprintf("cachebus bench echo responder %d", i)))
+	c, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Prefix: bus.DefaultPrefix, Name: fmt.Sprintf("cachebus bench echo responder %d", i)}, bus.WithLogger(log))
 	if err != nil {
-		return nil, fmt.Errorf("bench: connect %s: %w", bus.RedactURL(url), err)
+		return nil, err
 	}
+	nc := c.NC
 	sub, err := nc.Subscribe(EchoSubject(i), func(m *nats.Msg) {
 		if err := m.Respond(m.Data); err != nil {
 			log.Debug("echo reply not sent", "err", err)

@@ -67,12 +67,11 @@ type Record struct {
 // the node serving the key's partition, or, while it knows of none, to the
 // subject any node answers and forwards.
 type Client struct {
-	c        *bus.Conn
-	opts     ClientOptions
-	tracker  *topology.Tracker
-	pipes    sync.Map // subject → *pipe
-	subjects sync.Map // node id → its record subject, built once
-	replies  replies
+	c       *bus.Conn
+	opts    ClientOptions
+	tracker *topology.Tracker
+	pipes   sync.Map // subject → *pipe
+	replies replies
 	// readAttempt bounds a read's first try at the node it addresses.
 	readAttempt time.Duration
 	// stall is pipeStall; tests that hold a message lengthen it.
@@ -223,12 +222,7 @@ func (cl *Client) target(key string, replica bool) string {
 	if id == "" {
 		return cl.c.Subjects.RecordAny()
 	}
-	if subj, ok := cl.subjects.Load(id); ok {
-		return subj.(string)
-	}
-	subj := cl.c.Subjects.RecordNode(id)
-	cl.subjects.Store(id, subj)
-	return subj
+	return cl.c.Subjects.RecordNode(id)
 }
 
 // do checks req, sends it to subject and decodes the reply. A node that

@@ -91,7 +91,6 @@ func (c *call) wait(ctx context.Context) ([]byte, error) {
 type frame struct {
 	p     *pipe
 	calls []*call
-	sent  time.Time
 }
 
 func (cl *Client) pipe(subject string) *pipe {
@@ -183,7 +182,7 @@ func (p *pipe) take() []*call {
 // not, the calls are finished with the error.
 func (p *pipe) send(calls []*call) bool {
 	cl := p.cl
-	f := &frame{p: p, calls: calls, sent: time.Now()}
+	f := &frame{p: p, calls: calls}
 	var data []byte
 	if len(calls) == 1 {
 		data = calls[0].req
@@ -196,11 +195,12 @@ func (p *pipe) send(calls []*call) bool {
 		}
 		data = wire.AppendFrame(make([]byte, 0, size), false, reqs)
 	}
-	reply, err := cl.track(f)
+	seq, err := cl.track(f)
 	if err == nil {
+		reply := cl.replies.inbox + "." + strconv.FormatUint(seq, 10)
 		err = cl.c.NC.PublishMsg(&nats.Msg{Subject: p.subject, Reply: reply, Data: data})
 		if err != nil {
-			cl.untrack(reply)
+			cl.untrack(seq)
 		}
 	}
 	if err != nil {
@@ -210,12 +210,6 @@ func (p *pipe) send(calls []*call) bool {
 		return false
 	}
 	return true
-}
-
-// done is called once per message out, when its reply has come or it was
-// given up: pending calls take its slot, or the slot is freed.
-func (p *pipe) done() {
-	p.sendPending()
 }
 
 // extra sends pending calls in a message of their own when the pipe has
@@ -229,6 +223,17 @@ func (p *pipe) extra(now time.Time) {
 	p.mu.Unlock()
 	if stalled {
 		p.sendPending()
+	}
+}
+
+// alone sends c in a message of its own, beside those in flight.
+func (p *pipe) alone(c *call) {
+	p.mu.Lock()
+	p.inflight++
+	p.lastSent = time.Now()
+	p.mu.Unlock()
+	if !p.send([]*call{c}) {
+		p.sendPending() // the slot taken for c is free again
 	}
 }
 
@@ -258,13 +263,14 @@ func (cl *Client) listen() error {
 	return nil
 }
 
-// track registers f and returns the reply subject of its message.
-func (cl *Client) track(f *frame) (string, error) {
+// track registers f and returns the sequence number of its message's
+// reply subject.
+func (cl *Client) track(f *frame) (uint64, error) {
 	r := &cl.replies
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return "", errClientClosed
+		return 0, errClientClosed
 	}
 	r.seq++
 	seq := r.seq
@@ -275,16 +281,11 @@ func (cl *Client) track(f *frame) (string, error) {
 	if watch {
 		go cl.watch()
 	}
-	return r.inbox + "." + strconv.FormatUint(seq, 10), nil
+	return seq, nil
 }
 
-// untrack forgets the message sent with reply subject reply, which was not
-// sent after all.
-func (cl *Client) untrack(reply string) {
-	seq, err := strconv.ParseUint(reply[len(cl.replies.inbox)+1:], 10, 64)
-	if err != nil {
-		return
-	}
+// untrack forgets message seq, which was not sent after all.
+func (cl *Client) untrack(seq uint64) {
 	cl.replies.mu.Lock()
 	delete(cl.replies.frames, seq)
 	cl.replies.mu.Unlock()
@@ -309,7 +310,7 @@ func (cl *Client) onReply(m *nats.Msg) {
 	// The callers just woken are about to make their next requests: let
 	// them, and take them along with what is pending.
 	runtime.Gosched()
-	f.p.done()
+	f.p.sendPending() // in the slot f held
 }
 
 // deliver finishes the calls of f with the reply m.
@@ -337,15 +338,7 @@ func (cl *Client) deliver(f *frame, m *nats.Msg) {
 	}
 	for i, c := range f.calls {
 		if bytes.HasPrefix(parts[i], frameFull) {
-			// The frame's reply was full: this one is asked alone.
-			f.p.mu.Lock()
-			f.p.inflight++
-			f.p.lastSent = time.Now()
-			f.p.mu.Unlock()
-			if f.p.send([]*call{c}) {
-				continue
-			}
-			f.p.done()
+			f.p.alone(c) // the frame's reply was full
 			continue
 		}
 		c.finish(parts[i], nil)
@@ -394,7 +387,7 @@ func (cl *Client) watch() {
 			}
 		}
 		for _, f := range gone {
-			f.p.done()
+			f.p.sendPending() // in the slot f held
 		}
 		clear(expired)
 		clear(gone)

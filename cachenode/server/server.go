@@ -339,15 +339,20 @@ func (s *Server) answer(data, buf []byte) ([]byte, wire.Op) {
 		rep := wire.ErrorReply(err)
 		return rep.Append(buf, req.Op), req.Op
 	}
+	return s.reply(&req, buf), req.Op
+}
+
+// reply appends the reply to a decoded request to buf.
+func (s *Server) reply(req *wire.Request, buf []byte) []byte {
 	if req.Op == wire.OpGet {
 		// A get waits for nothing here, and a forward bounds itself.
-		rep := s.Do(context.Background(), &req)
-		return rep.Append(buf, req.Op), req.Op
+		rep := s.Do(context.Background(), req)
+		return rep.Append(buf, req.Op)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout+time.Second)
-	rep := s.Do(ctx, &req)
+	rep := s.Do(ctx, req)
 	cancel()
-	return rep.Append(buf, req.Op), req.Op
+	return rep.Append(buf, req.Op)
 }
 
 // parse decodes a request from NATS, counting and logging what it refuses.
@@ -385,7 +390,7 @@ func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 			rep := wire.ErrorReply(err)
 			replies[i] = rep.Append(nil, req.Op)
 		case req.Op == wire.OpGet:
-			replies[i], _ = s.answer(p, nil)
+			replies[i] = s.reply(&req, nil)
 		case s.storesHere(&req):
 			e := s.writeEntry(&req)
 			if err := s.rec.write(&e); err != nil {
@@ -400,7 +405,7 @@ func (s *Server) handleFrame(m *nats.Msg, buf []byte) []byte {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				replies[i], _ = s.answer(p, nil)
+				replies[i] = s.reply(&req, nil)
 			}()
 		}
 	}
